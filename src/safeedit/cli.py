@@ -1,0 +1,149 @@
+"""The ``safeedit`` command. Sub-commands are thin: each parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from safeedit.lm.loading import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id, local folder, .gguf file or alias (default {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+
+
+def _add_prompt_mode(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--chat", dest="chat", action="store_true", default=None, help="use the chat template (default when the model has one)")
+    g.add_argument("--raw", dest="chat", action="store_false", help="raw text prompts (the paper's reference mode)")
+
+
+def _load(args):
+    from safeedit.lm import load_model
+
+    start = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    print(f"loaded {args.model} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return model, tokenizer
+
+
+def parse_indices(text: str) -> list[int]:
+    """'0,1,2' or '0-4' or '0-2,7' -> sorted unique indices."""
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out.update(range(int(lo), int(hi) + 1))
+        elif part:
+            out.add(int(part))
+    return sorted(out)
+
+
+def cmd_data_stats(args) -> int:
+    from safeedit.data import load_safeedit
+
+    stats = load_safeedit(args.path, split=args.split).stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{stats['records']} records over {len(stats['categories'])} categories "
+          f"({stats['distinct_questions']} distinct questions, {len(stats['attack_names'])} attack names)")
+    if stats["edit_only_records"]:
+        print(f"{stats['edit_only_records']} edit-only records (no generalization test inputs: DS only)")
+    for title, key in (("unsafety category", "categories"), ("attack name", "attack_names")):
+        width = max(len(title), *(len(k) for k in stats[key]))
+        print(f"\n{title:<{width}}  count\n{'-' * width}  -----")
+        for name, count in stats[key].items():
+            print(f"{name:<{width}}  {count:5d}")
+    return 0
+
+
+def cmd_data_validate(args) -> int:
+    from safeedit.data import load_safeedit
+
+    data = load_safeedit(args.path, split=args.split, strict=False)
+    for problem in data.problems:
+        print(problem)
+    if data.problems:
+        print(f"INVALID: {len(data.problems)} problem(s); {len(data)} valid records", file=sys.stderr)
+        return 1
+    print(f"OK: {len(data)} valid records ({data.edit_only_count} edit-only)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from safeedit.data import load_safeedit
+    from safeedit.lm import generate
+
+    if args.prompt is None and args.data is None:
+        raise SystemExit("give --prompt TEXT or --data PATH --index I [--input KEY]")
+    if args.prompt is not None:
+        prompt = args.prompt
+    else:
+        instance = load_safeedit(args.data)[args.index]
+        inputs = instance.eval_inputs()
+        if args.input not in inputs:
+            raise SystemExit(f"instance {args.index} has no input {args.input!r} (has: {', '.join(inputs)})")
+        prompt = inputs[args.input]
+    model, tokenizer = _load(args)
+    start = time.perf_counter()
+    answer = generate(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens, chat=args.chat,
+                      do_sample=args.sample, seed=args.seed)
+    print(f"--- prompt ---\n{prompt}\n--- response ({time.perf_counter() - start:.1f}s) ---\n{answer}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safeedit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="inspect SafeEdit data").add_subparsers(dest="data_command", required=True)
+    stats = data.add_parser("stats", help="counts per unsafety category and attack name")
+    stats.add_argument("path", help="SafeEdit .json/.jsonl file, folder of split files, or dataset id")
+    stats.add_argument("--split", default=None)
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_data_stats)
+    validate = data.add_parser("validate", help="exit 0 if every record is valid, else one line per problem")
+    validate.add_argument("path")
+    validate.add_argument("--split", default=None)
+    validate.set_defaults(func=cmd_data_validate)
+
+    gen = sub.add_parser("generate", help="answer one prompt (or one SafeEdit input) with a model")
+    _add_model_args(gen)
+    _add_prompt_mode(gen)
+    gen.add_argument("--prompt", default=None)
+    gen.add_argument("--data", default=None)
+    gen.add_argument("--index", type=int, default=0)
+    gen.add_argument("--input", default="DS", help="DS, DG_onlyQ, DG_otherA, DG_otherQ or DG_otherAQ")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+#: later modules add sub-commands here (kept in this file so nothing imports cli)
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, IndexError) as exc:
+        # bad input: one clear message, no traceback
+        print(f"safeedit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

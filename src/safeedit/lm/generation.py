@@ -1,0 +1,140 @@
+"""Batched generation with left padding and a KV cache.
+
+Each prompt is tokenized once. Prompts are grouped by length so batches carry little padding,
+then answers are put back in the caller's order. Prompts longer than the model's window minus
+``max_new_tokens`` are cut from the left, because SafeEdit inputs end with the harmful question;
+every cut is reported (a warning, and ``GenerationStats.truncated`` when asked for).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from safeedit.lm.chat import adds_special_tokens, format_prompt, has_chat_template
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationStats:
+    truncated: list[int] = field(default_factory=list)  # prompt indices cut from the left
+    new_tokens: int = 0
+
+
+def context_window(model, tokenizer) -> int:
+    window = getattr(model.config, "max_position_embeddings", None)
+    if window is None:
+        get_text = getattr(model.config, "get_text_config", None)
+        window = getattr(get_text(), "max_position_embeddings", None) if get_text else None
+    if window is None:
+        window = tokenizer.model_max_length
+    return int(min(window, 1_000_000))
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def encode_prompts(
+    tokenizer, prompts: list[str], chat: bool, system: str | None, max_len: int
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids for each formatted prompt, left-truncated to ``max_len``; also the cut indices."""
+    texts = [format_prompt(tokenizer, p, chat=chat, system=system) for p in prompts]
+    encoded = tokenizer(texts, add_special_tokens=adds_special_tokens(chat, tokenizer))["input_ids"]
+    truncated = [i for i, ids in enumerate(encoded) if len(ids) > max_len]
+    return [ids[-max_len:] for ids in encoded], truncated
+
+
+def left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids):] = 1
+    return input_ids.to(device), attention.to(device)
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str] | str,
+    max_new_tokens: int = 128,
+    chat: bool | None = None,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    system: str | None = None,
+    progress: bool = False,
+    stats: GenerationStats | None = None,
+) -> list[str] | str:
+    """Answer each prompt; returns only the new text with special tokens stripped.
+
+    ``chat=None`` uses the chat template when the tokenizer has one. Greedy by default; with
+    ``do_sample=True`` pass ``seed`` for reproducible samples.
+    """
+    from transformers import GenerationConfig
+
+    single = isinstance(prompts, str)
+    prompts = [prompts] if single else list(prompts)
+    if not prompts:
+        return []
+    if chat is None:
+        chat = has_chat_template(tokenizer)
+    max_prompt = context_window(model, tokenizer) - max_new_tokens
+    if max_prompt < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room in the model's window")
+    encoded, truncated = encode_prompts(tokenizer, prompts, chat, system, max_prompt)
+    if truncated:
+        message = (
+            f"{len(truncated)} of {len(prompts)} prompts exceed the model window minus max_new_tokens "
+            f"({max_prompt} tokens) and were cut from the left (indices {truncated[:10]}"
+            f"{'...' if len(truncated) > 10 else ''})"
+        )
+        warnings.warn(message, stacklevel=2)
+        log.warning(message)
+    if stats is not None:
+        stats.truncated.extend(truncated)
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=None,
+        pad_token_id=pad_id,
+        eos_token_id=stop_token_ids(model, tokenizer),
+        use_cache=True,
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
+    answers: list[str] = [""] * len(prompts)
+    device = next(model.parameters()).device
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    with torch.inference_mode():
+        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
+            input_ids, attention = left_pad([encoded[i] for i in batch], pad_id, device)
+            output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
+            new = output[:, input_ids.shape[1]:]
+            for row, index in enumerate(batch):
+                answers[index] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+                if stats is not None:
+                    stats.new_tokens += int((new[row] != pad_id).sum())
+    return answers[0] if single else answers

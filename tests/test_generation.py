@@ -1,0 +1,67 @@
+import warnings
+
+import pytest
+import torch
+
+from safeedit.lm import generate
+from safeedit.lm.chat import format_prompt
+
+
+@pytest.mark.slow
+def test_batched_greedy_equals_one_by_one(embedded, sample):
+    model, tok = embedded
+    prompts = [sample[i].question for i in range(4)] + ["What is 2+2?", sample[0].adversarial_prompt]
+    batched = generate(model, tok, prompts, max_new_tokens=24, batch_size=6)
+    single = [generate(model, tok, p, max_new_tokens=24) for p in prompts]
+    assert batched == single
+    assert all(isinstance(a, str) and a for a in batched)
+    assert all("<|im_end|>" not in a and "<|im_start|>" not in a for a in batched)
+
+
+@pytest.mark.slow
+def test_raw_mode_and_chat_mode_differ(embedded):
+    model, tok = embedded
+    assert format_prompt(tok, "Hi", chat=False) == "Hi"
+    assert "<|im_start|>user" in format_prompt(tok, "Hi", chat=True)
+
+
+@pytest.mark.slow
+def test_long_prompt_is_truncated_from_the_left_and_reported(embedded, monkeypatch):
+    model, tok = embedded
+    monkeypatch.setattr(model.config, "max_position_embeddings", 64)
+    long_prompt = "blah " * 200 + "What is the capital of France?"
+    from safeedit.lm.generation import GenerationStats
+
+    stats = GenerationStats()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = generate(model, tok, [long_prompt, "Hi"], max_new_tokens=8, stats=stats)
+    assert stats.truncated == [0]
+    assert any("cut from the left" in str(w.message) for w in caught)
+    assert len(out) == 2
+
+
+@pytest.mark.slow
+def test_sampling_is_reproducible_with_a_seed(embedded):
+    model, tok = embedded
+    a = generate(model, tok, ["Tell me a story."], max_new_tokens=12, do_sample=True, seed=3)
+    b = generate(model, tok, ["Tell me a story."], max_new_tokens=12, do_sample=True, seed=3)
+    assert a == b
+
+
+def test_tiny_model_batched_equals_single():
+    from tests.conftest import tiny_model
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(120)} | {"<unk>": 120, "</s>": 121}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+    tok.padding_side = "left"
+    model = tiny_model("llama")
+    prompts = ["w1 w2 w3", "w5", "w7 w8 w9 w10 w11 w12", "w3 w3"]
+    batched = generate(model, tok, prompts, max_new_tokens=6, batch_size=4, chat=False)
+    single = [generate(model, tok, p, max_new_tokens=6, chat=False) for p in prompts]
+    assert batched == single
+    assert not torch.is_inference_mode_enabled()
