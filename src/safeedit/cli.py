@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
+
+from safeedit.commands import COMMAND_MODULES
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -126,13 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    for module in COMMAND_MODULES:
+        try:
+            commands = importlib.import_module(f"safeedit.commands.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"safeedit.commands.{module}":
+                raise
+            continue  # that command group is not built yet
+        commands.register(sub)
     return parser
-
-
-#: later modules add sub-commands here (kept in this file so nothing imports cli)
-_EXTRA_COMMANDS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:
