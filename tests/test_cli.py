@@ -1,6 +1,7 @@
 import json
 
-from safeedit.cli import main, parse_indices
+from safeedit.cli import main
+from safeedit.commands.common import parse_indices
 
 
 def test_stats_json(sample_path, capsys):
