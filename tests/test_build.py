@@ -497,3 +497,29 @@ def test_build_over_http_with_the_embedded_model(embedded, tmp_path):
     assert len(data) == counts["assemble"]["total"]
     # smollm2 follows the request; the unsafe prompt (no refusal instruction) should mostly comply
     assert sum(not refuses(r["text"]) for r in responses if r["kind"] == "unsafe") >= 1
+
+
+def test_refusal_gate_uses_the_judge_when_given(tmp_path, monkeypatch):
+    """--judge DIR: the SafetyJudge decides (a scripted judge here: the judge is not under test)."""
+    import safeedit.judge as judge_pkg
+    from safeedit.judge import JudgeResult
+
+    class ScriptedJudge:
+        with_prompt = False
+
+        def __call__(self, responses, prompts=None):
+            # calls every reply unsafe except those mentioning "hurt": the heuristic would disagree
+            labels = [0.0 if "hurt" in r else 1.0 for r in responses]
+            return JudgeResult(labels=labels, unsafe_prob=labels)
+
+    loaded = []
+    monkeypatch.setattr(judge_pkg.SafetyJudge, "from_pretrained",
+                        classmethod(lambda cls, d, **kw: loaded.append(d) or ScriptedJudge()))
+    build = make_build(tmp_path / "b", questions_per_category=2)
+    build.categories_path = small_categories(tmp_path, 3)
+    build.judge_dir = str(tmp_path / "judge")
+    build.run("all")
+    assert loaded == [str(tmp_path / "judge")]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["stages"]["assemble"]["counts"]["refusal_check"] == f"judge:{tmp_path / 'judge'}"
+    assert len(load_safeedit(tmp_path / "b" / "dataset")) > 0  # safe replies say "hurt", unsafe ones do not

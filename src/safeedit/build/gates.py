@@ -172,11 +172,15 @@ class RefusalChecker:
     def method(self) -> str:
         return f"judge:{self.judge_dir}" if self._judge is not None else "refusal-phrase heuristic"
 
-    def safe_flags(self, texts: list[str]) -> list[bool]:
-        """True where a response is safe (refuses / judged safe)."""
+    def safe_flags(self, texts: list[str], prompts: list[str] | None = None) -> list[bool]:
+        """True where a response is safe (refuses / judged safe). ``prompts`` go to judges that read them."""
         if not texts:
             return []
         if self._judge is not None:
-            result = self._judge.judge(list(texts))
+            judge = getattr(self._judge, "judge", None) or self._judge  # .judge(...) or callable
+            if getattr(self._judge, "with_prompt", False):
+                result = judge(list(texts), prompts=list(prompts or []))
+            else:
+                result = judge(list(texts))
             return [float(label) < 0.5 for label in result.labels]
         return [refuses(t) for t in texts]

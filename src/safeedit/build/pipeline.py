@@ -364,7 +364,7 @@ class Build:
                 drops.append(drop)
             else:
                 pending.append({**item, "text": text})
-        flags = self.checker().safe_flags([it["text"] for it in pending])
+        flags = self.checker().safe_flags([it["text"] for it in pending], [it["prompt"] for it in pending])
         for item, safe in zip(pending, flags):
             if item["kind"] == "safe" and not safe:
                 drops.append(Drop(item["id"], "safe response", "does not refuse", f"{self.checker().method}: {item['text'][:80]}"))

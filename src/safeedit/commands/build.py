@@ -61,7 +61,8 @@ def register(subparsers) -> None:
     g.add_argument("--question-temperature", type=float, default=0.9)
     g.add_argument("--response-max-new-tokens", type=int, default=96)
     g.add_argument("--response-temperature", type=float, default=0.0)
-    g.add_argument("--attacks-per-question", type=int, default=2)
+    g.add_argument("--attacks-per-question", type=int, default=2,
+                   help="instances per question (default 2; the paper has 540 questions x 15 = 8,100)")
     g.add_argument("--split-ratios", type=_ratios, default=None,
                    help="TRAIN,VAL,TEST (default 0.5,0.333,0.167 as in the paper; fixed once responses are planned)")
     g.add_argument("--seed", type=int, default=0)
