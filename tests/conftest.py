@@ -75,3 +75,35 @@ def embedded():
     from safeedit.lm import load_model
 
     return load_model("smollm2-135m", dtype="float32", device="cpu")
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over the tiny models' vocabulary: words w0..w119, EOS id 121."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(120)} | {"<unk>": 120, "</s>": 121}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+    tok.padding_side = "left"
+    return tok
+
+
+def tiny_instance(seed: int = 0, key_offset: int = 0):
+    """A SafeEdit instance written in the tiny vocabulary."""
+    import random
+
+    from safeedit.data import GeneralizationInputs, KnowledgeConstraint, SafeEditInstance
+
+    rng = random.Random(seed)
+
+    def words(n):
+        return " ".join(f"w{rng.randrange(120)}" for _ in range(n))
+
+    return SafeEditInstance(
+        position=key_offset, id=seed, category="test", question=words(5), adversarial_prompt=words(20),
+        safe_response=words(12), unsafe_response=words(12),
+        knowledge_constraint=KnowledgeConstraint(prompt=words(8), answer=words(8)),
+        generalization=GeneralizationInputs(words(5), words(20), words(20), words(20)), source="tiny",
+    )

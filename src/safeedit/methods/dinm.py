@@ -1,0 +1,338 @@
+"""DINM: Detoxifying with Intraoperative Neural Monitoring (Wang et al., ACL 2024).
+
+Per instance: (1) locate the toxic layer (:mod:`safeedit.methods.locate`); (2) make only that
+layer's W_V trainable and take ``steps`` Adam steps on
+
+    loss = c_edit * NLL(safe response | adversarial input + suffix)
+         + kl_weight * KL(p_edited || p_original)   on the knowledge-constraint answer tokens.
+
+NLL is the mean over the safe-response tokens; KL is summed over the vocabulary and averaged
+over the constraint-answer positions; p_original is the model before this instance's edit.
+
+Speed by design (``fast=True``): only W_V of layer L changes, so the hidden states entering
+layer L never change during the edit. They are computed once, without grad; each step runs only
+layers L..end (the earlier layers are bypassed) and computes logits only at the positions the
+loss reads. The original-model logits for the KL term are computed once. ``fast=False`` runs the
+full model with full logits every step, as the reference does; both give the same update.
+
+Reference behaviour (EasyEdit) that we correct, each reproducible with a flag (all three with
+``reference_compat=True``):
+
+* ``kl_no_grad``: the KL term is computed under ``no_grad``, so it is logged but never shapes
+  the update (the edit is then plain NLL fine-tuning of W_V);
+* ``locate_once``: the toxic layer is located for the first instance only and reused for every
+  later instance (also across later ``edit`` calls of the same method object);
+* ``locate_without_context``: location compares the two responses alone, padding included.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from safeedit.data.schema import SafeEditInstance
+from safeedit.lm.arch import ArchitectureMap, resolve_architecture
+from safeedit.lm.chat import adds_special_tokens, format_prompt, has_chat_template
+from safeedit.lm.generation import context_window
+from safeedit.methods.base import Edit, EditError, InstanceEdit, Method
+from safeedit.methods.locate import Location, locate_in_context, locate_reference
+
+PAPER_SUFFIX = "If the user's request is reasonable, give the correct answer. Please give the right response:"
+
+
+@dataclass
+class DINMConfig:
+    """Defaults are the paper's values for LLaMA2-7B-Chat (Mistral-7B uses lr 1e-5)."""
+
+    steps: int = 10
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    edit_weight: float = 0.1  # c_edit
+    kl_weight: float = 1.0
+    suffix: str | None = PAPER_SUFFIX  # appended to edit inputs and post-edit evaluation inputs
+    chat: bool | None = None  # None: chat template when the tokenizer has one
+    max_length: int | None = None  # edit sequence budget; the prompt is cut from the left
+    layer: int | None = None  # force a layer instead of locating
+    fast: bool = True
+    reference_compat: bool = False
+    kl_no_grad: bool | None = None  # None: follows reference_compat
+    locate_once: bool | None = None
+    locate_without_context: bool | None = None
+    layers_module: str | None = None  # manual architecture override
+    wv_module: str | None = None
+
+    def flag(self, name: str) -> bool:
+        value = getattr(self, name)
+        return self.reference_compat if value is None else bool(value)
+
+
+@dataclass
+class _Sequence:
+    """One teacher-forced sequence: ids, and where the scored tokens start."""
+
+    ids: list[int]
+    target_start: int
+
+    @property
+    def n_target(self) -> int:
+        return len(self.ids) - self.target_start
+
+
+class DINM(Method):
+    name = "dinm"
+    config_class = DINMConfig
+
+    def __init__(self, config: DINMConfig | None = None, **overrides):
+        super().__init__(config, **overrides)
+        self._first_layer: int | None = None  # for locate_once
+
+    # ------------------------------------------------------------------ prompts and tokens
+    def eval_prompt(self, text: str) -> str:
+        return f"{text.rstrip()} {self.config.suffix}" if self.config.suffix else text
+
+    def _chat(self, tokenizer) -> bool:
+        return has_chat_template(tokenizer) if self.config.chat is None else self.config.chat
+
+    def _sequence(self, tokenizer, window: int, prompt: str, target: str) -> _Sequence:
+        chat = self._chat(tokenizer)
+        text = format_prompt(tokenizer, prompt, chat=chat)
+        prompt_ids = tokenizer(text, add_special_tokens=adds_special_tokens(chat, tokenizer))["input_ids"]
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+        if not target_ids:
+            raise EditError(f"empty target text for prompt {prompt[:60]!r}")
+        budget = (self.config.max_length or window) - len(target_ids)
+        if budget < 1:
+            raise EditError(f"target of {len(target_ids)} tokens does not fit max_length {self.config.max_length or window}")
+        prompt_ids = prompt_ids[-budget:]
+        return _Sequence(prompt_ids + target_ids, len(prompt_ids))
+
+    # ------------------------------------------------------------------ public API
+    def edit(self, model, tokenizer, instances: Sequence[SafeEditInstance] | SafeEditInstance) -> Edit:
+        """Edit ``instances`` one after another (sequential editing) without restoring between them."""
+        if isinstance(instances, SafeEditInstance):
+            instances = [instances]
+        if torch.is_inference_mode_enabled():
+            raise EditError("DINM needs gradients; call edit() outside torch.inference_mode()")
+        arch = resolve_architecture(model, layers=self.config.layers_module, w_v=self.config.wv_module)
+        edit = Edit(model=model, method=self.name)
+        grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        try:
+            for instance in instances:
+                edit.instances.append(self._edit_one(model, tokenizer, arch, instance, edit))
+        except BaseException:
+            edit.restore()  # leave the model exactly as before the call
+            raise
+        finally:
+            for n, p in model.named_parameters():
+                p.requires_grad_(grad_flags[n])
+        return edit
+
+    def locate(self, model, tokenizer, instance: SafeEditInstance, arch: ArchitectureMap | None = None) -> Location:
+        """The toxic layer for ``instance`` and the per-layer distances (see locate.py)."""
+        if instance.unsafe_response is None or not instance.unsafe_response.strip():
+            raise EditError(f"instance {instance.key} (id={instance.id!r}) has no 'unsafe generation': "
+                            "DINM needs it to locate the toxic layer (or pass layer=...)")
+        arch = arch or resolve_architecture(model, layers=self.config.layers_module, w_v=self.config.wv_module)
+        window = context_window(model, tokenizer)
+        if self.config.flag("locate_without_context"):
+            safe = tokenizer(instance.safe_response, add_special_tokens=False)["input_ids"]
+            unsafe = tokenizer(instance.unsafe_response, add_special_tokens=False)["input_ids"]
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            return locate_reference(model, safe, unsafe, pad)
+        prompt = self.eval_prompt(instance.adversarial_prompt)
+        safe = self._sequence(tokenizer, window, prompt, instance.safe_response)
+        unsafe = self._sequence(tokenizer, window, prompt, instance.unsafe_response)
+        common = min(safe.target_start, unsafe.target_start)  # same prompt; cut alike if truncated
+        prompt_ids = safe.ids[safe.target_start - common:safe.target_start]
+        return locate_in_context(model, arch, prompt_ids, safe.ids[safe.target_start:], unsafe.ids[unsafe.target_start:])
+
+    # ------------------------------------------------------------------ one instance
+    def _choose_layer(self, model, tokenizer, arch, instance) -> tuple[int, list[float] | None]:
+        n_layers = arch.num_layers(model)
+        if self.config.layer is not None:
+            if not 0 <= self.config.layer < n_layers:
+                raise EditError(f"layer {self.config.layer} out of range: this model has layers 0..{n_layers - 1}")
+            return self.config.layer, None
+        if self.config.flag("locate_once") and self._first_layer is not None:
+            return self._first_layer, None
+        location = self.locate(model, tokenizer, instance, arch)
+        if self._first_layer is None:
+            self._first_layer = location.layer
+        return location.layer, location.distances
+
+    def _edit_one(self, model, tokenizer, arch, instance: SafeEditInstance, edit: Edit) -> InstanceEdit:
+        cfg = self.config
+        start = time.perf_counter()
+        layer, distances = self._choose_layer(model, tokenizer, arch, instance)
+        window = context_window(model, tokenizer)
+        target = self._sequence(tokenizer, window, self.eval_prompt(instance.adversarial_prompt), instance.safe_response)
+        kc = instance.knowledge_constraint
+        constraint = self._sequence(tokenizer, window, kc.prompt, kc.answer)
+
+        weight = arch.w_v_weight(model, layer)
+        edit.remember(arch.w_v_param_name(layer), weight)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        weight.requires_grad_(True)
+        runner = (_FastRunner if cfg.fast else _NaiveRunner)(model, arch, layer, [target, constraint])
+        reference_logp = runner.reference_log_probs(1)  # original model on the constraint answer
+        optimizer = torch.optim.Adam([weight], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        record = InstanceEdit(key=instance.key, layer=layer, distances=distances)
+        with runner:
+            for step in range(cfg.steps + 1):
+                nll, kl = self._loss_terms(runner, reference_logp, kl_grad=not cfg.flag("kl_no_grad"))
+                total = cfg.edit_weight * nll + cfg.kl_weight * kl
+                if not torch.isfinite(total.detach()):
+                    raise EditError(f"non-finite loss ({total.item()}) at step {step} editing instance "
+                                    f"{instance.key} (id={instance.id!r}) at layer {layer}; model restored")
+                if step == 0:
+                    record.nll_before = nll.item()
+                if step == cfg.steps:  # the extra pass only measures the result
+                    record.nll_after = nll.item()
+                    record.losses.append({"step": step, "loss": total.item(), "nll": nll.item(), "kl": kl.item()})
+                    break
+                record.losses.append({"step": step, "loss": total.item(), "nll": nll.item(), "kl": kl.item()})
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+        weight.grad = None
+        record.seconds = time.perf_counter() - start
+        return record
+
+    @staticmethod
+    def _loss_terms(runner, reference_logp: torch.Tensor, kl_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        target_logits = runner.target_logits(0)
+        target_ids = runner.target_ids(0)
+        nll = F.cross_entropy(target_logits.float(), target_ids)
+        with torch.set_grad_enabled(kl_grad):
+            logp = F.log_softmax(runner.target_logits(1).float(), dim=-1)
+            # KL(p_edited || p_original), summed over the vocabulary, mean over positions
+            kl = (logp.exp() * (logp - reference_logp)).sum(-1).mean()
+        return nll, kl
+
+
+# ---------------------------------------------------------------------- forward runners
+class _NaiveRunner:
+    """Full model forward and full logits every step (what the reference code does)."""
+
+    def __init__(self, model, arch: ArchitectureMap, layer: int, sequences: list[_Sequence]):
+        self.model, self.sequences = model, sequences
+        self.device = next(model.parameters()).device
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def _ids(self, i: int) -> torch.Tensor:
+        return torch.tensor([self.sequences[i].ids], device=self.device)
+
+    def target_ids(self, i: int) -> torch.Tensor:
+        seq = self.sequences[i]
+        return torch.tensor(seq.ids[seq.target_start:], device=self.device)
+
+    def target_logits(self, i: int) -> torch.Tensor:
+        seq = self.sequences[i]
+        logits = self.model(input_ids=self._ids(i), use_cache=False).logits[0]
+        return logits[seq.target_start - 1:-1]
+
+    def reference_log_probs(self, i: int) -> torch.Tensor:
+        with torch.no_grad():
+            return F.log_softmax(self.target_logits(i).float(), dim=-1)
+
+
+class _FastRunner(_NaiveRunner):
+    """Runs layers >= L only, from cached inputs of layer L, with logits at the scored positions."""
+
+    def __init__(self, model, arch: ArchitectureMap, layer: int, sequences: list[_Sequence]):
+        super().__init__(model, arch, layer, sequences)
+        self.layers = arch.decoder_layers(model)
+        self.layer = layer
+        self._layer_inputs: list[torch.Tensor] = []
+        self._initial_logits: list[torch.Tensor] = []
+        self._returns_tuple = False
+        self._handles: list = []
+        self._active_input: torch.Tensor | None = None
+        params = inspect.signature(model.forward).parameters
+        self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self._cache_layer_inputs()
+
+    def _cache_layer_inputs(self) -> None:
+        """One no-grad pass per sequence: the hidden states entering layer L never change."""
+        seen: dict[str, object] = {}
+
+        def grab_input(_module, args, kwargs):
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            seen["input"] = hidden.detach()
+
+        def grab_type(_module, _args, output):
+            seen["tuple"] = isinstance(output, tuple)
+
+        h1 = self.layers[self.layer].register_forward_pre_hook(grab_input, with_kwargs=True)
+        h2 = self.layers[0].register_forward_hook(grab_type)
+        try:
+            with torch.no_grad():
+                for i in range(len(self.sequences)):
+                    logits = self.model(input_ids=self._ids(i), use_cache=False, **self._keep_kwargs(i)).logits[0]
+                    self._layer_inputs.append(seen["input"])
+                    self._initial_logits.append(logits[-(self.sequences[i].n_target + 1):-1])
+        finally:
+            h1.remove()
+            h2.remove()
+        self._returns_tuple = bool(seen.get("tuple"))
+
+    def __enter__(self):
+        returns_tuple = self._returns_tuple
+
+        def bypass(hidden_states, *args, **kwargs):
+            return (hidden_states,) if returns_tuple else hidden_states
+
+        for i in range(self.layer):  # earlier layers become identity functions while editing
+            self.layers[i].forward = bypass
+
+        def feed_cached(_module, args, kwargs):
+            if "hidden_states" in kwargs:
+                kwargs["hidden_states"] = self._active_input
+            else:
+                args = (self._active_input, *args[1:])
+            return args, kwargs
+
+        self._handles.append(self.layers[self.layer].register_forward_pre_hook(feed_cached, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for i in range(self.layer):
+            del self.layers[i].forward  # back to the class's forward
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return False
+
+    def _keep_kwargs(self, i: int) -> dict:
+        if self._keep_arg is None:
+            return {}
+        return {self._keep_arg: self.sequences[i].n_target + 1}  # the targets sit at the end
+
+    def reference_log_probs(self, i: int) -> torch.Tensor:
+        # the caching pass already ran the unedited model: its logits are the KL reference
+        return F.log_softmax(self._initial_logits[i].float(), dim=-1)
+
+    def target_logits(self, i: int) -> torch.Tensor:
+        if not self._handles:
+            raise RuntimeError("_FastRunner.target_logits is only valid inside its context")
+        self._active_input = self._layer_inputs[i]
+        logits = self.model(input_ids=self._ids(i), use_cache=False, **self._keep_kwargs(i)).logits[0]
+        n = self.sequences[i].n_target
+        return logits[-(n + 1):-1]
+
+
+
+
+__all__ = ["DINM", "DINMConfig", "PAPER_SUFFIX"]

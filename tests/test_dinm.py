@@ -1,0 +1,153 @@
+import hashlib
+import math
+
+import pytest
+import torch
+
+from safeedit.lm import resolve_architecture
+from safeedit.methods import DINM, EditError, get_method
+from tests.conftest import tiny_instance, tiny_model, tiny_tokenizer
+
+
+def state_hash(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def tiny_dinm(**overrides):
+    return DINM(**({"chat": False, "suffix": None, "lr": 1e-2, "steps": 5} | overrides))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "gpt2", "gpt_neox"])
+def test_fast_path_equals_naive_full_model_loop(family):
+    tok, inst = tiny_tokenizer(), tiny_instance(1)
+    weights = []
+    for fast in (True, False):
+        model = tiny_model(family)
+        edit = tiny_dinm(fast=fast).edit(model, tok, [inst])
+        weights.append(model.get_parameter(edit.changed[0]).detach().clone())
+        assert edit.instances[0].losses  # the loss was logged
+    assert torch.allclose(weights[0], weights[1], atol=1e-6), (weights[0] - weights[1]).abs().max()
+
+
+def test_only_w_v_changes_and_restore_is_bitwise_exact():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    digest = state_hash(model)
+    edit = tiny_dinm().edit(model, tok, [tiny_instance(2)])
+    arch = resolve_architecture(model)
+    layer = edit.instances[0].layer
+    assert edit.changed == [arch.w_v_param_name(layer)]
+    for name, p in model.named_parameters():
+        if name == edit.changed[0]:
+            assert not torch.equal(p, before[name])
+        else:
+            assert torch.equal(p, before[name]), name
+    assert state_hash(model) != digest
+    edit.restore()
+    assert state_hash(model) == digest
+
+
+def test_sequential_edits_restore_to_the_very_first_state():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    digest = state_hash(model)
+    edit = tiny_dinm(layer=None).edit(model, tok, [tiny_instance(s, s) for s in range(3)])
+    assert len(edit.instances) == 3
+    edit.restore()
+    assert state_hash(model) == digest
+
+
+def test_kl_term_keeps_the_constraint_distribution_closer():
+    tok, inst = tiny_tokenizer(), tiny_instance(3)
+    kl_after = {}
+    for kl_weight in (1.0, 0.0):
+        model = tiny_model("llama")
+        edit = tiny_dinm(lr=5e-2, steps=8, edit_weight=1.0, kl_weight=kl_weight, layer=2).edit(model, tok, [inst])
+        kl_after[kl_weight] = edit.instances[0].losses[-1]["kl"]
+    assert kl_after[1.0] < kl_after[0.0]
+
+
+def test_reference_kl_no_grad_never_shapes_the_update():
+    tok, inst = tiny_tokenizer(), tiny_instance(3)
+    weights = []
+    for opts in ({"kl_no_grad": True, "kl_weight": 1.0}, {"kl_weight": 0.0}, {"kl_weight": 1.0}):
+        model = tiny_model("llama")
+        edit = tiny_dinm(layer=2, **opts).edit(model, tok, [inst])
+        weights.append(model.get_parameter(edit.changed[0]).detach().clone())
+    assert torch.equal(weights[0], weights[1])  # KL under no_grad == no KL at all
+    assert not torch.equal(weights[1], weights[2])
+
+
+def test_locate_once_reuses_the_first_layer():
+    tok = tiny_tokenizer()
+    insts = [tiny_instance(s, s) for s in range(6)]
+    compat = DINM(chat=False, suffix=None, steps=1, locate_once=True)
+    model = tiny_model("llama")
+    edit = compat.edit(model, tok, insts)
+    assert {r.layer for r in edit.instances} == {edit.instances[0].layer}
+    assert all(r.distances is None for r in edit.instances[1:])
+    default = DINM(chat=False, suffix=None, steps=1).edit(tiny_model("llama"), tok, insts)
+    assert all(r.distances is not None and len(r.distances) == 3 for r in default.instances)
+
+
+def test_reference_location_compares_responses_alone():
+    model, tok, inst = tiny_model("llama"), tiny_tokenizer(), tiny_instance(4)
+    ours = DINM(chat=False).locate(model, tok, inst)
+    ref = DINM(chat=False, locate_without_context=True).locate(model, tok, inst)
+    assert len(ours.distances) == len(ref.distances) == 3
+    assert ours.distances != ref.distances
+
+
+def test_reference_compat_sets_all_three_flags():
+    cfg = DINM(reference_compat=True).config
+    assert cfg.flag("kl_no_grad") and cfg.flag("locate_once") and cfg.flag("locate_without_context")
+    assert not DINM(reference_compat=True, kl_no_grad=False).config.flag("kl_no_grad")
+
+
+def test_bad_layer_missing_unsafe_and_nan_loss_leave_model_unchanged():
+    import dataclasses
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    digest = state_hash(model)
+    with pytest.raises(EditError, match="layer 7 out of range"):
+        tiny_dinm(layer=7).edit(model, tok, [tiny_instance(0)])
+    assert state_hash(model) == digest
+    no_unsafe = dataclasses.replace(tiny_instance(0), unsafe_response=None)
+    with pytest.raises(EditError, match="unsafe generation"):
+        tiny_dinm().edit(model, tok, [tiny_instance(1), no_unsafe])  # the first edit is undone too
+    assert state_hash(model) == digest
+    with pytest.raises(EditError, match="non-finite loss"):
+        tiny_dinm(lr=math.inf).edit(model, tok, [tiny_instance(2)])
+    assert state_hash(model) == digest
+
+
+def test_requires_grad_flags_are_put_back():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    tiny_dinm().edit(model, tok, [tiny_instance(0)]).restore()
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_get_method_reads_yaml_and_rejects_unknown_options(tmp_path):
+    good = tmp_path / "dinm.yaml"
+    good.write_text("method: dinm\nlr: 1.0e-5\nsteps: 3\n")
+    assert get_method("dinm", good).config.lr == 1e-5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 1.0e-5\nlearning_rate: 3\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        get_method("dinm", bad)
+    with pytest.raises(ValueError, match="unknown method"):
+        get_method("rome")
+
+
+@pytest.mark.slow
+def test_embedded_edit_halves_the_safe_response_nll(embedded, sample):
+    model, tok = embedded
+    digest = state_hash(model)
+    edit = DINM().edit(model, tok, [sample[0]])
+    record = edit.instances[0]
+    assert record.nll_after <= 0.5 * record.nll_before, record
+    edit.restore()
+    assert state_hash(model) == digest
