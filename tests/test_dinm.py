@@ -151,3 +151,31 @@ def test_embedded_edit_halves_the_safe_response_nll(embedded, sample):
     assert record.nll_after <= 0.5 * record.nll_before, record
     edit.restore()
     assert state_hash(model) == digest
+
+
+def test_cli_sequential_edit_saves_a_loadable_model(tmp_path, capsys):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from safeedit.cli import main
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([tiny_instance(s, s).to_record() for s in range(3)]))
+    out = tmp_path / "edited"
+    rc = main(["edit", "--model", str(model_dir), "--raw", "--data", str(data), "--index", "0-2",
+               "--sequential", "--steps", "2", "--lr", "0.01", "--max-new-tokens", "4", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert printed.count("=== instance") == 3 and "loss per step" in printed
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    original = tiny_model("llama")
+    meta = json.loads((out / "safeedit.json").read_text())
+    changed = {f"model.layers.{e['layer']}.mlp.down_proj.weight" for e in meta["edits"]}
+    for name, p in saved.named_parameters():
+        assert torch.equal(p, original.get_parameter(name)) != (name in changed), name
+    assert main(["edit", "--model", str(model_dir), "--raw", "--data", str(data), "--index", "0",
+                 "--sequential", "--steps", "1", "--out", str(out)]) == 2  # refuses a non-empty folder

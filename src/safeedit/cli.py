@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, IndexError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, IndexError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not type(exc).__module__.startswith("safeedit"):
+            raise  # a bug or a library failure: keep the traceback
         # bad input: one clear message, no traceback
         print(f"safeedit: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,150 @@
+"""``safeedit locate`` and ``safeedit edit``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from safeedit.commands.common import add_model_args, add_prompt_mode, load_from_args, parse_indices
+
+
+def _add_method_args(p) -> None:
+    p.add_argument("--config", default=None, help="YAML file of DINM options (configs/dinm/*.yaml)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--layer", type=int, default=None, help="force the edited layer instead of locating it")
+    p.add_argument("--reference-compat", action="store_true", default=None,
+                   help="reproduce EasyEdit's behaviour (KL without grad, locate once, location without context)")
+    p.add_argument("--layers-module", default=None, help="dotted path of the decoder layers (unknown families)")
+    p.add_argument("--wv-module", default=None, help="W_V path inside a layer, e.g. mlp.down_proj (unknown families)")
+
+
+def _method(args):
+    from safeedit.methods import get_method
+
+    return get_method("dinm", args.config, steps=args.steps, lr=args.lr, layer=args.layer, chat=args.chat,
+                      reference_compat=args.reference_compat, layers_module=args.layers_module,
+                      wv_module=args.wv_module)
+
+
+def cmd_locate(args) -> int:
+    from collections import Counter
+
+    from tqdm.auto import tqdm
+
+    from safeedit.data import load_safeedit
+
+    data = load_safeedit(args.data)
+    indices = list(range(len(data))) if args.index == "all" else parse_indices(args.index)
+    for i in indices:
+        if not 0 <= i < len(data):
+            raise IndexError(f"--index {i} out of range: {args.data} has {len(data)} records")
+    model, tok = load_from_args(args)
+    method = _method(args)
+    if len(indices) == 1:
+        instance = data[indices[0]]
+        location = method.locate(model, tok, instance)
+        print(f"instance {indices[0]} ({instance.category}, attack {instance.attack_name}): toxic layer {location.layer}")
+        print(location.table())
+        if args.plot:
+            from safeedit.bench.plots import plot_layer_distances
+
+            plot_layer_distances(location.distances, location.layer, args.plot, title=f"instance {indices[0]}")
+            print(f"plot written to {args.plot}")
+        return 0
+    layers = {}
+    for i in tqdm(indices, desc="locate"):
+        layers[i] = method.locate(model, tok, data[i]).layer
+    counts = Counter(layers.values())
+    n_layers = len(method.locate(model, tok, data[indices[0]]).distances)
+    print(f"toxic layers of {len(indices)} instances ({n_layers} decoder layers, 0-based)")
+    print("| layer | instances | share |\n|------:|----------:|------:|")
+    for layer in sorted(counts):
+        print(f"| {layer} | {counts[layer]} | {100 * counts[layer] / len(indices):.1f}% |")
+    if args.json:
+        print(json.dumps({str(i): layer for i, layer in layers.items()}))
+    if args.plot:
+        from safeedit.bench.plots import plot_layer_histogram
+
+        plot_layer_histogram(counts, n_layers, args.plot, title=f"toxic layers, {len(indices)} instances")
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    from safeedit.data import load_safeedit
+    from safeedit.lm import generate
+    from safeedit.lm.saving import save_model
+
+    if args.out:
+        from pathlib import Path
+
+        if not args.sequential:
+            raise ValueError("--out saves a sequentially edited model: add --sequential")
+        if Path(args.out).exists() and any(Path(args.out).iterdir()):
+            raise FileExistsError(f"{args.out} exists and is not empty; choose a new --out folder")
+    data = load_safeedit(args.data)
+    indices = parse_indices(args.index)
+    for i in indices:
+        if not 0 <= i < len(data):
+            raise IndexError(f"--index {i} out of range: {args.data} has {len(data)} records")
+    instances = [data[i] for i in indices]
+    model, tok = load_from_args(args)
+    method = _method(args)
+    prompts = [inst.adversarial_prompt for inst in instances]
+    gen = dict(max_new_tokens=args.max_new_tokens, chat=args.chat, batch_size=8)
+    before = generate(model, tok, prompts, **gen)
+    after: list[str] = []
+    records = []
+    edits = []
+    if args.sequential:
+        edit = method.edit(model, tok, instances)
+        edits.append(edit)
+        records = edit.instances
+        after = generate(model, tok, [method.eval_prompt(p) for p in prompts], **gen)
+    else:
+        for inst in instances:
+            edit = method.edit(model, tok, [inst])
+            records.extend(edit.instances)
+            after.append(generate(model, tok, method.eval_prompt(inst.adversarial_prompt), **gen))
+            edit.restore()
+    for i, inst, rec, b, a in zip(indices, instances, records, before, after):
+        losses = " ".join(f"{x['loss']:.3f}" for x in rec.losses)
+        print(f"\n=== instance {i} [{inst.category}] attack {inst.attack_name!r} — layer {rec.layer}, "
+              f"{rec.seconds:.1f}s, NLL(safe) {rec.nll_before:.3f} -> {rec.nll_after:.3f}")
+        print(f"loss per step: {losses}")
+        print(f"--- before ---\n{b}\n--- after ---\n{a}")
+    if args.out:
+        meta = {"method": "dinm", "config": method.config.__dict__, "model": args.model,
+                "data": args.data, "indices": indices, "edits": [r.as_dict() for r in records],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        path = save_model(model, tok, args.out, metadata=meta)
+        print(f"\nsaved the edited model to {path} (AutoModelForCausalLM.from_pretrained loads it)")
+    if args.json:
+        print(json.dumps([r.as_dict() for r in records]), file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    loc = sub.add_parser("locate", help="find the toxic layer of one SafeEdit instance")
+    add_model_args(loc)
+    add_prompt_mode(loc)
+    _add_method_args(loc)
+    loc.add_argument("--data", required=True)
+    loc.add_argument("--index", default="0", help="one index, a list/range (0,3,5-9) or 'all' for a histogram")
+    loc.add_argument("--plot", default=None, help="write a PNG of the per-layer distances (or the histogram)")
+    loc.add_argument("--json", action="store_true", help="also print instance -> layer as JSON")
+    loc.set_defaults(func=cmd_locate)
+
+    edit = sub.add_parser("edit", help="detoxify with DINM and show responses before and after")
+    add_model_args(edit)
+    add_prompt_mode(edit)
+    _add_method_args(edit)
+    edit.add_argument("--data", required=True)
+    edit.add_argument("--index", default="0", help="e.g. 0,1,2 or 0-4")
+    edit.add_argument("--sequential", action="store_true", help="edit all instances one after another, no restore")
+    edit.add_argument("--out", default=None, help="save the sequentially edited model here (safetensors)")
+    edit.add_argument("--max-new-tokens", type=int, default=64)
+    edit.add_argument("--json", action="store_true", help="also print the edit records as JSON on stderr")
+    edit.set_defaults(func=cmd_edit)
