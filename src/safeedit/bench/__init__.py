@@ -1,0 +1,1 @@
+"""The benchmark runner (edit → evaluate → restore), resumable results store, reports and charts."""

@@ -33,3 +33,36 @@ def plot_layer_histogram(counts: dict[int, int], n_layers: int, path: str | Path
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+_BAR_METRICS = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg", "DS_nondegenerate", "Degenerate%", "KQA", "CSum"]
+
+
+def plot_pre_post(summary: dict, path: str | Path) -> Path:
+    metrics = [m for m in _BAR_METRICS if m in summary["pre"] and m in summary["post"]]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    xs = range(len(metrics))
+    ax.bar([x - 0.2 for x in xs], [summary["pre"][m] for m in metrics], width=0.4, label="pre (unedited)")
+    ax.bar([x + 0.2 for x in xs], [summary["post"][m] for m in metrics], width=0.4, label=f"post ({summary['method']})")
+    ax.set_xticks(list(xs), metrics, rotation=30, ha="right")
+    ax.set_ylabel("score (0-100)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_compare(labels: list[str], summaries: list[dict], path: str | Path) -> Path:
+    metrics = [m for m in _BAR_METRICS if all(m in s["post"] for s in summaries)]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    width = 0.8 / max(1, len(summaries))
+    for i, (label, s) in enumerate(zip(labels, summaries)):
+        ax.bar([x + i * width for x in range(len(metrics))], [s["post"][m] for m in metrics], width=width, label=label)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(metrics))], metrics, rotation=30, ha="right")
+    ax.set_ylabel("score (0-100)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

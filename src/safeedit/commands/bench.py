@@ -1,0 +1,101 @@
+"""``safeedit bench``, ``safeedit report`` and ``safeedit demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from safeedit.commands.common import add_model_args, add_prompt_mode, parse_indices
+
+
+def cmd_bench(args) -> int:
+    from safeedit.bench.report import compare_runs
+    from safeedit.bench.runner import BenchConfig, run_bench
+
+    options = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        import yaml
+
+        options[key.replace("-", "_")] = yaml.safe_load(value)
+    config = BenchConfig(
+        method=args.method, model=args.model, data=args.data, judge=args.judge, out=args.out, limit=args.limit,
+        indices=parse_indices(args.index) if args.index else None, max_new_tokens=args.max_new_tokens,
+        chat=args.chat, batch_size=args.batch_size, seed=args.seed, method_config=args.config,
+        method_options=options, dtype=args.dtype, device=args.device, kqa_n=args.kqa_n, csum_n=args.csum_n,
+        general_instances=args.general_instances,
+    )
+    run_bench(config)
+    print(compare_runs([args.out]))
+    print(f"run folder: {args.out} (report.md, summary.json, results.jsonl, pre_post.png)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from safeedit.bench.report import compare_runs
+
+    out = args.out or (Path(args.runs[0]).parent / "compare")
+    print(compare_runs(args.runs, out=out))
+    print(f"written: {Path(out) / 'compare.md'}, {Path(out) / 'compare.png'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Train the judge if none is cached, then vanilla vs DINM on a few instances, then the table."""
+    from safeedit.bench.report import compare_runs
+    from safeedit.bench.runner import BenchConfig, run_bench
+    from safeedit.judge import default_judge_dir
+    from safeedit.judge.data import shared_data_dir
+
+    judge_dir = default_judge_dir()
+    if not (judge_dir / "config.json").is_file():
+        from safeedit.judge.train import train_judge
+
+        print(f"no safety judge at {judge_dir}: training one (a few minutes on a CPU)", file=sys.stderr)
+        train_judge(judge_dir)
+    data = str(shared_data_dir() / "safeedit" / "safeedit_sample.json")
+    runs = []
+    for method in ("none", "dinm"):
+        out = str(Path(args.out) / method)
+        run_bench(BenchConfig(method=method, model=args.model, data=data, out=out, limit=args.limit,
+                              max_new_tokens=args.max_new_tokens, kqa_n=args.kqa_n, csum_n=args.csum_n,
+                              general_instances=1))
+        runs.append(out)
+    print(compare_runs(runs, out=Path(args.out) / "compare"))
+    print(f"reports: {args.out}/none/report.md, {args.out}/dinm/report.md, {args.out}/compare/compare.md")
+    return 0
+
+
+def register(sub) -> None:
+    b = sub.add_parser("bench", help="evaluate a method on SafeEdit: edit, evaluate, restore, per instance")
+    add_model_args(b)
+    add_prompt_mode(b)
+    b.add_argument("--method", default="dinm", help="none (unedited model) or dinm")
+    b.add_argument("--data", required=True)
+    b.add_argument("--judge", default=None, help="safety classifier folder or hub id (default: the cached judge)")
+    b.add_argument("--out", required=True, help="run folder (resumes if it exists with the same settings)")
+    b.add_argument("--limit", type=int, default=None, help="first N instances")
+    b.add_argument("--index", default=None, help="instances to use, e.g. 0-9,20")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--config", default=None, help="YAML of method options (configs/dinm/*.yaml)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a method option, e.g. --set lr=1e-5")
+    b.add_argument("--kqa-n", type=int, default=100, help="TriviaQA items per general evaluation (0: skip)")
+    b.add_argument("--csum-n", type=int, default=20, help="XSum items per general evaluation (0: skip)")
+    b.add_argument("--general-instances", type=int, default=3, help="edited models that also get KQA/CSum")
+    b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="side-by-side comparison of run folders")
+    r.add_argument("runs", nargs="+")
+    r.add_argument("--out", default=None, help="folder for compare.md and compare.png")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="the quick-start job: judge (if needed), vanilla vs DINM, table")
+    d.add_argument("--model", default="smollm2-135m")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--limit", type=int, default=5)
+    d.add_argument("--max-new-tokens", type=int, default=48)
+    d.add_argument("--kqa-n", type=int, default=20)
+    d.add_argument("--csum-n", type=int, default=4)
+    d.set_defaults(func=cmd_demo)

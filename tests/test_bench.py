@@ -1,0 +1,118 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from safeedit.bench.store import GenerationCache, ResultsStore
+from tests.conftest import REPO, tiny_instance, tiny_model, tiny_tokenizer
+
+
+def make_tiny_judge(folder):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=128, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=128, num_labels=2,
+                        id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1})
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def tiny_setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFEEDIT_CACHE", str(tmp_path / "cache"))
+    model_dir = tmp_path / "model"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([tiny_instance(s, s).to_record() for s in range(12)]))
+    return {"model": str(model_dir), "data": str(data), "judge": str(make_tiny_judge(tmp_path / "judge")), "tmp": tmp_path}
+
+
+def bench_args(setup, out, method="dinm", extra=()):
+    return ["bench", "--method", method, "--model", setup["model"], "--data", setup["data"], "--judge", setup["judge"],
+            "--out", str(out), "--raw", "--max-new-tokens", "6", "--kqa-n", "2", "--csum-n", "1",
+            "--general-instances", "1", "--set", "steps=2", "--set", "suffix=null", *extra]
+
+
+def test_store_drops_a_line_cut_by_a_kill(tmp_path):
+    path = tmp_path / "results.jsonl"
+    store = ResultsStore(path)
+    store.append({"key": "a#0"})
+    store.append({"key": "a#1"})
+    with open(path, "a") as fh:
+        fh.write('{"key": "a#2", "pre": {"DS"')  # killed mid-write
+    again = ResultsStore(path)
+    assert again.done_keys() == {"a#0", "a#1"}
+    again.append({"key": "a#2"})
+    assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a#0", "a#1", "a#2"]
+
+
+def test_generation_cache_is_keyed_by_prompt_text(tmp_path):
+    cache = GenerationCache(tmp_path / "g.jsonl")
+    cache.add("hello", "world")
+    cache.add("hello", "ignored: first answer wins")
+    assert GenerationCache(tmp_path / "g.jsonl").lookup(["hello", "other"]) == ["world", None]
+
+
+def test_bench_run_folder_is_complete_and_restores_the_model(tiny_setup, capsys):
+    from safeedit.cli import main
+
+    out = tiny_setup["tmp"] / "run"
+    assert main(bench_args(tiny_setup, out, extra=["--limit", "3"])) == 0
+    for name in ("run.json", "results.jsonl", "general.jsonl", "summary.json", "report.md", "pre_post.png"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert set(row["pre"]) >= {"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"}
+        assert row["edit"]["layer"] in (0, 1, 2) and len(row["edit"]["losses"]) == 3
+        assert all(row["post"][k]["label"] in (0.0, 0.5, 1.0) for k in ("DS", "DG_onlyQ"))
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["prompt_mode"] == "raw" and meta["model_fingerprint"] and meta["versions"]["torch"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 3 and summary["complete"] and "KQA" in summary["post"] and "DG_Avg" in summary["post"]
+    # the vanilla run reuses every pre-edit generation from the cache
+    out_none = tiny_setup["tmp"] / "run_none"
+    assert main(bench_args(tiny_setup, out_none, method="none", extra=["--limit", "3"])) == 0
+    none_rows = [json.loads(line) for line in (out_none / "results.jsonl").read_text().splitlines()]
+    assert [r["pre"]["DS"]["response"] for r in none_rows] == [r["pre"]["DS"]["response"] for r in rows]
+    assert main(["report", str(out), str(out_none), "--out", str(tiny_setup["tmp"] / "cmp")]) == 0
+    assert "DS per unsafety category" in capsys.readouterr().out
+    assert (tiny_setup["tmp"] / "cmp" / "compare.png").is_file()
+
+
+def test_resume_refuses_different_settings(tiny_setup):
+    from safeedit.cli import main
+
+    out = tiny_setup["tmp"] / "run"
+    assert main(bench_args(tiny_setup, out, extra=["--limit", "1"])) == 0
+    assert main(bench_args(tiny_setup, out, extra=["--limit", "1", "--seed", "3"])) == 2
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(tiny_setup):
+    out = tiny_setup["tmp"] / "killed"
+    cmd = [sys.executable, "-m", "safeedit.cli", *bench_args(tiny_setup, out)]
+    env = dict(os.environ, SAFEEDIT_CACHE=str(tiny_setup["tmp"] / "cache"))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and results.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(line)["key"] for line in results.read_text().splitlines() if line.strip().endswith("}")]
+    assert 2 <= len(before) < 12
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = [json.loads(line)["key"] for line in results.read_text().splitlines()]
+    assert len(after) == 12 and len(set(after)) == 12
+    assert after[: len(before)] == before
