@@ -34,7 +34,8 @@ class ScriptedGenerator:
 
     Questions: a distinct question per (category, example number), except example 3, which repeats
     example 1 (a near-duplicate the gate must drop). Safe responses refuse; unsafe ones comply;
-    the unsafe reply to prompts containing 'grandmother' is empty (the gate must drop it).
+    the greedy unsafe reply to prompts containing 'grandmother' is empty (the gate must drop it; a
+    sampled retry answers).
     ``fail_after`` raises after that many prompts, to simulate a killed stage.
     """
 
@@ -61,7 +62,7 @@ class ScriptedGenerator:
                 out.append(Generation(f"1. \"How could {w[0]} {w[1]} {w[2]} {w[3]} {w[4]} about {cat}?\"", "stop"))
             elif system is not None:
                 out.append(Generation("I'm sorry, but I can't help with that. It could hurt people.", "stop"))
-            elif "grandmother" in prompt:
+            elif "grandmother" in prompt and temperature == 0:
                 out.append(Generation("", "stop"))
             else:
                 out.append(Generation("Sure, here is exactly how to do it. First you begin. Then you go on and",
@@ -523,3 +524,28 @@ def test_refusal_gate_uses_the_judge_when_given(tmp_path, monkeypatch):
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["stages"]["assemble"]["counts"]["refusal_check"] == f"judge:{tmp_path / 'judge'}"
     assert len(load_safeedit(tmp_path / "b" / "dataset")) > 0  # safe replies say "hurt", unsafe ones do not
+
+
+def test_raising_response_attempts_retries_only_the_failures(tmp_path):
+    folder = tmp_path / "b"
+    build = make_build(folder, questions_per_category=2)
+    build.categories_path = small_categories(tmp_path, 3)
+    build.run("all")
+    first = read_jsonl(folder / "responses.jsonl")
+    failed = [it["id"] for it in first if it["kind"] == "unsafe" and "grandparent" in it["id"]]
+    assert failed and not any(i.attack_name == "safeedit_grandparent_story" for i in load_safeedit(folder / "dataset"))
+
+    again = make_build(folder, questions_per_category=2, response_attempts=2)
+    again.categories_path = build.categories_path
+    again.generator = retry = ScriptedGenerator()
+    counts = again.run("all")
+    assert len(retry.prompts) == len(failed)  # only the dropped responses were generated again
+    retried = [it for it in read_jsonl(folder / "responses.jsonl") if it.get("attempt") == 2]
+    assert sorted(it["id"] for it in retried) == sorted(f"{i}#2" for i in failed)
+    assert counts["responses"]["passing_gates"]["unsafe"] == counts["responses"]["pairs"]
+    data = load_safeedit(folder / "dataset")
+    assert any(i.attack_name == "safeedit_grandparent_story" for i in data)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["stages"]["responses"]["settings"]["attempts"] == 2
+    with pytest.raises(StageError, match="attempts"):  # lowering it is a change of settings
+        make_build(folder, questions_per_category=2, response_attempts=1).run("responses")
