@@ -7,7 +7,8 @@ Build folder layout (all plain JSON/JSONL)::
     questions.jsonl      one generated question per line, id q:<category>:<k> (questions)
     attacks.json         snapshot of the validated attack templates           (attacks)
     plan.json            question/attack split assignment and the pairs      (responses)
-    responses.jsonl      safe + unsafe response per pair, id p:<qid>|<aid>:safe|unsafe (responses)
+    responses.jsonl      safe + unsafe response per pair, id p:<qid>|<aid>:safe|unsafe (responses);
+                         retries (--response-attempts) get the suffix #2, #3, ...
     review.csv, review_export.json, review.json                               (review-export / review-import)
     dropped.jsonl        every item the gates or the review removed, with the reason (assemble)
     dataset/SafeEdit_{train,val,test}.json                                    (assemble)
@@ -167,7 +168,7 @@ class Build:
         return load_categories(self.path("categories.json"))
 
     def attacks(self) -> list[AttackTemplate]:
-        self.need("attacks", "this")
+        self.need("attacks", "reading attack templates")
         return load_attacks(self.path("attacks.json"))
 
     def review(self) -> dict[str, dict]:
