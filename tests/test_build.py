@@ -264,6 +264,11 @@ def test_responses_stage_resumes_without_duplicates(tmp_path):
         make_build(folder, questions_per_category=2, response_max_new_tokens=99).run("responses")
 
 
+def read_csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def _fill(path: Path, decide) -> list[dict]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -337,8 +342,11 @@ def test_review_round_trip_and_malformed_files(tmp_path):
     assert any(inst.safe_response == "I will not help with this, because it would hurt people." for inst in data)
     dropped = read_jsonl(folder / "dropped.jsonl")
     assert any(d["id"] == q_reject and d["reason"] == "rejected in review" for d in dropped)
-    # everything is decided now: a new export has no rows
+    # everything is decided now: a new export has no rows, and goes to a new file
     assert build.run("review-export")["rows"] == 0
+    assert (folder / "review-2.csv").exists() and len(read_csv_rows(review)) == len(rows)
+    with pytest.raises(StageError, match="exists"):
+        build.stage_review_export(review)
 
 
 # ----------------------------------------------------------------------------- HTTP generator

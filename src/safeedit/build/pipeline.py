@@ -432,7 +432,15 @@ class Build:
 
         self.need("questions", "review-export")
         rows = export_rows(self)
-        out_csv = Path(out_csv) if out_csv else self.path("review.csv")
+        if out_csv is not None:
+            out_csv = Path(out_csv)
+            if out_csv.exists():
+                raise StageError(f"{out_csv} exists (it may hold someone's decisions); choose another --review-file")
+        else:  # review.csv, then review-2.csv, ...: a later round never overwrites a filled-in file
+            out_csv, n = self.path("review.csv"), 1
+            while out_csv.exists():
+                n += 1
+                out_csv = self.path(f"review-{n}.csv")
         write_review_csv(out_csv, rows)
         write_json_atomic(self.path("review_export.json"),
                           {"csv": str(out_csv), "time": now(), "rows": {r["row_id"]: r["kind"] for r in rows}})

@@ -12,7 +12,9 @@ stage, responses after it). Only ``decision`` and ``edited_text`` are read back:
   template must keep the ``{question}`` slot). Edited questions are used by later stages; responses
   already generated for a question keep their text.
 
-Decisions are case-insensitive. A **blank decision is an error** that lists the blank rows, unless
+Each export writes a new file (``review.csv``, then ``review-2.csv``, ...; an explicit
+``--review-file`` must not exist yet), so a filled-in file is never overwritten; ``review-import``
+reads the latest export unless given ``--review-file``. Decisions are case-insensitive. A **blank decision is an error** that lists the blank rows, unless
 ``--blank-accepts`` is given, in which case blanks mean accept. The file must match the last export
 exactly: every exported row once, no unknown ``row_id``; otherwise nothing is imported and every
 offending row is named.
