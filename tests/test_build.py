@@ -557,3 +557,23 @@ def test_raising_response_attempts_retries_only_the_failures(tmp_path):
     assert manifest["stages"]["responses"]["settings"]["attempts"] == 2
     with pytest.raises(StageError, match="attempts"):  # lowering it is a change of settings
         make_build(folder, questions_per_category=2, response_attempts=1).run("responses")
+
+
+def test_cli_build_all_over_http(tiny_backend, tmp_path, monkeypatch, capsys):
+    from safeedit.cli import main
+
+    monkeypatch.setenv("MY_ENDPOINT_KEY", "sk-cli")
+    cats = small_categories(tmp_path, 2)
+    with ChatServer(tiny_backend, fail=[429]) as server:
+        argv = ["build", "all", "--out", str(tmp_path / "b"), "--categories", str(cats), "--generator", "http",
+                "--base-url", server.url, "--api-model", "tiny", "--api-key-env", "MY_ENDPOINT_KEY",
+                "--questions-per-category", "1", "--question-max-new-tokens", "4", "--response-max-new-tokens", "4",
+                "--rpm", "6000", "--max-retries", "2"]
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert '"assemble"' in out and "dataset:" in out
+    assert {r["auth"] for r in server.requests} == {"Bearer sk-cli"} and server.requests[0]["model"] == "tiny"
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["stages"]["responses"]["generator"]["base_url"] == server.url
+    assert main(["build", "review-import", "--out", str(tmp_path / "b")]) == 2  # no export yet: clear error
+    assert "review-export first" in capsys.readouterr().err
