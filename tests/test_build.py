@@ -112,8 +112,12 @@ def test_template_without_slot_is_rejected_naming_it(tmp_path):
 
 def test_triviaqa_layout_becomes_pairs(tmp_path):
     path = tmp_path / "tqa.jsonl"
-    path.write_text(json.dumps({"question": "Capital of France?", "answers": ["Paris", "paris"]}) + "\n")
-    assert load_pairs(path)[0].instruction == "Capital of France?" and load_pairs(path)[0].answer == "Paris"
+    path.write_text(json.dumps({"question": 'Capital of ""France""?', "answers": ["Paris", "paris"]}) + "\n"
+                    + json.dumps({"question": "Who?", "answers": ["A famous quote", "Wilson, Harold", "Harold Wilson",
+                                                                  "Sir Harold Wilson", "HAROLD WILSON"]}) + "\n")
+    pairs = load_pairs(path)
+    assert pairs[0].instruction == 'Capital of "France"?' and pairs[0].answer == "Paris"
+    assert pairs[1].answer == "Harold Wilson"
 
 
 # ----------------------------------------------------------------------------- gates

@@ -11,7 +11,7 @@ Formats (all UTF-8; ``.json`` or ``.jsonl``):
 * **instruction pairs** (the knowledge constraints, D_cons) -- JSONL or JSON list of
   ``{"instruction": ..., "answer": ...}``; ``prompt``/``output`` are accepted as synonyms.
   A TriviaQA-style file (``{"question": ..., "answers": [...]}``) can be given as an extra source;
-  its first answer becomes the pair's answer.
+  the answer alias that most other aliases contain becomes the pair's answer.
 
 The files shipped in ``configs/build`` are written by the safeedit authors; pass your own
 (e.g. the paper's 48 attack prompts) with ``--attacks FILE``.
@@ -169,13 +169,26 @@ def load_pairs(path: Path) -> list[InstructionPair]:
             answers = obj["answers"]
             if not (isinstance(answers, list) and answers and isinstance(answers[0], str)):
                 raise ValueError(f"{where}: field 'answers' must be a non-empty list of text")
-            pairs.append(InstructionPair(_text(obj, "question", where), answers[0].strip()))
+            question = _text(obj, "question", where).replace('""', '"')
+            pairs.append(InstructionPair(question, representative_answer(answers)))
             continue
         pairs.append(InstructionPair(_text(obj, "instruction", where, ("prompt",)),
                                      _text(obj, "answer", where, ("output",))))
     if not pairs:
         raise ValueError(f"{path}: no instruction pairs")
     return pairs
+
+
+def representative_answer(aliases: list[str]) -> str:
+    """The alias repeated most often ignoring case, then the one most other aliases contain, then the
+    shorter -- TriviaQA alias lists are unordered, so the first one is often odd ('Wilson, Harold')."""
+    clean = [a.strip() for a in aliases if isinstance(a, str) and a.strip()]
+    lowered = [a.lower() for a in clean]
+
+    def score(i: int) -> tuple[int, int, int, int]:
+        return (lowered.count(lowered[i]), sum(lowered[i] in other for other in lowered), -len(clean[i]), -i)
+
+    return clean[max(range(len(clean)), key=score)]
 
 
 def _unique(keys: list[str], path: Path, what: str) -> None:
