@@ -143,6 +143,7 @@ def test_dedup_drops_near_duplicates_with_reasons():
 def test_response_gates():
     assert refuses("I'm sorry, but I can't help with that.")
     assert refuses("I can\u2019t do that.")
+    assert not refuses("I'm sorry for your loss. Here is the recipe.")
     assert not refuses("Sure, here is how you do it.")
     assert trim_to_sentence("One. Two! Three and") == "One. Two!"
     assert check_response({"id": "x", "text": "  "})[1].reason == "empty"
@@ -262,6 +263,8 @@ def test_responses_stage_resumes_without_duplicates(tmp_path):
     assert ids[:4] == [it["id"] for it in partial]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["stages"]["responses"]["status"] == "done" and manifest["stages"]["responses"]["resumed"] == 1
+    runs = manifest["stages"]["responses"]["runs"]
+    assert len(runs) == 2 and "finished" not in runs[0] and runs[1]["generated"] == len(ids) - 4
     # a finished stage is skipped; changed settings are refused
     assert make_build(folder, questions_per_category=2, generator=ScriptedGenerator(fail_after=0)).run("responses")
     with pytest.raises(StageError, match="max_new_tokens"):

@@ -147,12 +147,16 @@ class Build:
             fields["generator"] = gen
         if entry and entry.get("status") == "running":
             fields["resumed"] = entry.get("resumed", 0) + 1
-            fields["resumed_at"] = now()
+        # one entry per run: a run without "finished" was interrupted
+        fields["runs"] = (entry or {}).get("runs", []) + [{"started": now()}]
         self.manifest.update(stage, **fields)
         return True
 
     def finish(self, stage: str, counts: dict, **extra: Any) -> None:
-        self.manifest.update(stage, status="done", finished=now(), counts=counts, **extra)
+        runs = (self.manifest.stage(stage) or {}).get("runs") or [{}]
+        runs[-1].update(finished=now(), **({"generated": counts["generated_this_run"]}
+                                            if "generated_this_run" in counts else {}))
+        self.manifest.update(stage, status="done", finished=now(), counts=counts, runs=runs, **extra)
 
     @staticmethod
     def _input(path: Path) -> dict:
