@@ -584,3 +584,29 @@ def test_cli_build_all_over_http(tiny_backend, tmp_path, monkeypatch, capsys):
     assert manifest["stages"]["responses"]["generator"]["base_url"] == server.url
     assert main(["build", "review-import", "--out", str(tmp_path / "b")]) == 2  # no export yet: clear error
     assert "review-export first" in capsys.readouterr().err
+
+
+def test_plan_at_paper_scale_keeps_questions_and_templates_in_one_split(tmp_path):
+    """540 questions (9 x 60) and 48 templates: split ratios as asked, nothing shared, deterministic."""
+    from collections import Counter
+
+    from safeedit.build.inputs import AttackTemplate
+
+    cats = load_categories(CONFIGS / "categories.json")
+    questions = [{"id": f"q:{c.slug}:{k}", "category": c.name, "question": f"{c.name} {k}"}
+                 for c in cats for k in range(60)]
+    attacks = [AttackTemplate(f"t{i}", "{question} " + str(i)) for i in range(48)]
+    build = make_build(tmp_path / "b", attacks_per_question=15)
+    plan = build.make_plan(questions, attacks)
+    q_counts = Counter(plan["question_split"].values())
+    assert q_counts == {"train": 270, "validation": 180, "test": 90}
+    per_cat = Counter((q["category"], plan["question_split"][q["id"]]) for q in questions)
+    assert all(per_cat[(c.name, "test")] == 10 for c in cats)  # stratified by category
+    a_counts = Counter(plan["attack_split"].values())
+    assert sum(a_counts.values()) == 48 and min(a_counts.values()) >= 2
+    for p in plan["pairs"]:
+        assert plan["question_split"][p["question_id"]] == plan["attack_split"][p["attack_id"]] == p["split"]
+    assert plan["leakage"] == []
+    assert len(plan["pairs"]) == sum(q_counts[s] * min(15, a_counts[s]) for s in q_counts)
+    assert build.make_plan(questions, attacks) == plan
+    assert make_build(tmp_path / "c", attacks_per_question=15, seed=1).make_plan(questions, attacks) != plan

@@ -540,15 +540,17 @@ def _normalise_ratios(ratios) -> tuple[float, ...]:
 
 
 def _split_counts(n: int, ratios: tuple[float, ...], minimum: int = 0) -> list[int]:
-    """Largest-remainder split of ``n`` items; every split with a positive ratio gets ``minimum`` when possible."""
+    """Largest-remainder split of ``n`` items; then every split with a positive ratio is raised to
+    ``minimum`` (taken from the largest split) when ``n`` allows."""
+    raw = [r * n for r in ratios]
+    counts = [int(x) for x in raw]
+    for i in sorted(range(len(ratios)), key=lambda i: raw[i] - counts[i], reverse=True)[: n - sum(counts)]:
+        counts[i] += 1
     active = [i for i, r in enumerate(ratios) if r > 0]
-    base = [0] * len(ratios)
     if minimum and n >= minimum * len(active):
         for i in active:
-            base[i] = minimum
-    rest = n - sum(base)
-    raw = [r * rest for r in ratios]
-    counts = [int(x) for x in raw]
-    for i in sorted(range(len(ratios)), key=lambda i: raw[i] - counts[i], reverse=True)[: rest - sum(counts)]:
-        counts[i] += 1
-    return [b + c for b, c in zip(base, counts)]
+            while counts[i] < minimum:
+                donor = max(active, key=lambda j: counts[j])
+                counts[donor] -= 1
+                counts[i] += 1
+    return counts
