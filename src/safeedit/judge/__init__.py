@@ -1,0 +1,21 @@
+"""Safety judge: score responses safe (0) / unsafe (1) like the SafeEdit paper.
+
+- :class:`SafetyJudge` loads any Hugging Face safe/unsafe sequence classifier, the paper's
+  ``zjunlp/SafeEdit-Safety-Classifier`` unchanged included, and applies the paper's rule
+  (argmax label, empty response = 0.5, at most 512 tokens).
+- :func:`train_judge` fine-tunes our own judge on CPU (the official one cannot be downloaded here)
+  and saves it, with a model card, to :func:`default_judge_dir`.
+
+Response-only vs prompt+response. A judge records in its ``config.json``
+(``safeedit_judge.with_prompt``) whether it reads the prompt too; ``SafetyJudge.__call__`` passes
+prompts only to such a judge and refuses to run one without them. Our default judge reads the
+response only, as the paper's does. Measured on the same grouped held-out split with the same
+recipe, response-only scored accuracy 0.780 / F1 0.745, prompt+response 0.757 / 0.730; the prompt
+helped only on DiaSafety chit-chat. A prompt-reading judge is also at risk of keying on SafeEdit's
+jailbreak attack text rather than on the answer (details in ``train.MODE_NOTE`` and the model card).
+"""
+
+from safeedit.judge.model import JudgeError, JudgeResult, SafetyJudge, default_judge_dir, unsafe_index
+from safeedit.judge.train import evaluate, train_judge
+
+__all__ = ["JudgeError", "JudgeResult", "SafetyJudge", "default_judge_dir", "evaluate", "train_judge", "unsafe_index"]
