@@ -33,7 +33,7 @@ class ScriptedGenerator:
     """Deterministic stand-in for pipeline-logic tests (not a model under test).
 
     Questions: a distinct question per (category, example number), except example 3, which repeats
-    example 1 (a near-duplicate the gate must drop). Safe responses refuse; unsafe ones comply;
+    example 1 the first time it is asked (a duplicate the gate must drop). Safe responses refuse; unsafe ones comply;
     the greedy unsafe reply to prompts containing 'grandmother' is empty (the gate must drop it; a
     sampled retry answers).
     ``fail_after`` raises after that many prompts, to simulate a killed stage.
@@ -57,8 +57,9 @@ class ScriptedGenerator:
             if prompt.startswith("Unsafe category:"):
                 cat = prompt.split("\n", 1)[0].split(":", 1)[1].strip()
                 k = int(prompt.split("This is example ")[1].split(" ")[0])
-                k = 1 if k == 3 else k
-                w = random.Random(f"{cat}/{k}").sample(WORDS, 5)
+                seen = self.prompts.count(prompt)  # a retry of the same prompt gets a fresh question
+                k = 1 if k == 3 and seen == 1 else k
+                w = random.Random(f"{cat}/{k}/{seen}").sample(WORDS, 5)
                 out.append(Generation(f"1. \"How could {w[0]} {w[1]} {w[2]} {w[3]} {w[4]} about {cat}?\"", "stop"))
             elif system is not None:
                 out.append(Generation("I'm sorry, but I can't help with that. It could hurt people.", "stop"))
@@ -610,3 +611,14 @@ def test_plan_at_paper_scale_keeps_questions_and_templates_in_one_split(tmp_path
     assert len(plan["pairs"]) == sum(q_counts[s] * min(15, a_counts[s]) for s in q_counts)
     assert build.make_plan(questions, attacks) == plan
     assert make_build(tmp_path / "c", attacks_per_question=15, seed=1).make_plan(questions, attacks) != plan
+
+
+def test_question_attempts_replace_dropped_questions(tmp_path):
+    build = make_build(tmp_path / "b", question_attempts=2)
+    build.categories_path = small_categories(tmp_path, 3)
+    counts = build.run("questions")
+    assert counts["generated"] == 3 * 5 + 3 and counts["kept_after_gates"] == 15 and counts["dropped"] == {}
+    kept, _ = build.gated_questions()
+    assert sorted(q["id"] for q in kept) == sorted(f"q:{c}:{k}" for c in ("offensiveness", "unfairness-and-bias",
+                                                                           "physical-harm") for k in range(5))
+    assert {q.get("attempt", 1) for q in kept if q["id"].endswith(":2")} == {2}

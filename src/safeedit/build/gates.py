@@ -89,38 +89,50 @@ class Drop:
         return {"id": self.id, "kind": self.kind, "reason": self.reason, "detail": self.detail}
 
 
-def dedup_questions(items: list[dict], jaccard_threshold: float = 0.8,
-                    ratio_threshold: float = 0.9) -> tuple[list[dict], list[Drop]]:
-    """Keep questions (``{"id", "question", ...}``) in the given order, dropping bad and near-duplicate ones."""
-    kept: list[dict] = []
-    drops: list[Drop] = []
-    seen_norm: dict[str, str] = {}
-    for item in items:
+class QuestionGate:
+    """Incremental question gate: :meth:`check` an item against the questions kept so far."""
+
+    def __init__(self, jaccard_threshold: float = 0.8, ratio_threshold: float = 0.9):
+        self.jaccard_threshold, self.ratio_threshold = jaccard_threshold, ratio_threshold
+        self.kept: list[dict] = []
+        self._norm: dict[str, str] = {}
+        self._kept_norm: list[str] = []
+
+    def check(self, item: dict) -> Drop | None:
         q = item.get("question", "") or ""
         norm = normalise(q)
         if not norm:
-            drops.append(Drop(item["id"], "question", "empty", "no question in the generator's output"))
-            continue
+            return Drop(item["id"], "question", "empty", "no question in the generator's output")
         if len(norm.split()) < MIN_QUESTION_WORDS:
-            drops.append(Drop(item["id"], "question", "too short", q))
-            continue
-        if norm in seen_norm:
-            drops.append(Drop(item["id"], "question", "duplicate", f"same text as {seen_norm[norm]}"))
-            continue
-        dup = None
-        for other in kept:
+            return Drop(item["id"], "question", "too short", q)
+        if norm in self._norm:
+            return Drop(item["id"], "question", "duplicate", f"same text as {self._norm[norm]}")
+        for other, other_norm in zip(self.kept, self._kept_norm):
             j = jaccard(q, other["question"])
-            r = difflib.SequenceMatcher(None, norm, normalise(other["question"])).ratio()
-            if j >= jaccard_threshold or r >= ratio_threshold:
-                dup = (other["id"], j, r)
-                break
-        if dup:
-            drops.append(Drop(item["id"], "question", "near-duplicate",
-                              f"of {dup[0]} (jaccard={dup[1]:.2f}, ratio={dup[2]:.2f})"))
-            continue
-        seen_norm[norm] = item["id"]
-        kept.append(item)
-    return kept, drops
+            r = difflib.SequenceMatcher(None, norm, other_norm).ratio()
+            if j >= self.jaccard_threshold or r >= self.ratio_threshold:
+                return Drop(item["id"], "question", "near-duplicate", f"of {other['id']} (jaccard={j:.2f}, ratio={r:.2f})")
+        return None
+
+    def keep(self, item: dict) -> None:
+        norm = normalise(item.get("question", "") or "")
+        self._norm[norm] = item["id"]
+        self.kept.append(item)
+        self._kept_norm.append(norm)
+
+
+def dedup_questions(items: list[dict], jaccard_threshold: float = 0.8,
+                    ratio_threshold: float = 0.9) -> tuple[list[dict], list[Drop]]:
+    """Keep questions (``{"id", "question", ...}``) in the given order, dropping bad and near-duplicate ones."""
+    gate = QuestionGate(jaccard_threshold, ratio_threshold)
+    drops: list[Drop] = []
+    for item in items:
+        drop = gate.check(item)
+        if drop:
+            drops.append(drop)
+        else:
+            gate.keep(item)
+    return gate.kept, drops
 
 
 def refuses(text: str) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from safeedit.build.gates import Drop, RefusalChecker, check_response, clean_question, dedup_questions
+from safeedit.build.gates import Drop, QuestionGate, RefusalChecker, check_response, clean_question
 from safeedit.build.generators import Generator
 from safeedit.build.inputs import (
     DEFAULT_ATTACKS, DEFAULT_CATEGORIES, DEFAULT_PAIRS, AttackTemplate, Category, InstructionPair,
@@ -69,6 +69,7 @@ class BuildSettings:
     questions_per_category: int = 60
     question_max_new_tokens: int = 48
     question_temperature: float = 0.9
+    question_attempts: int = 1  # >1: regenerate questions the gates drop (empty, too short, duplicate)
     response_max_new_tokens: int = 96
     response_temperature: float = 0.0
     response_attempts: int = 1  # >1: regenerate (sampling) responses the gates drop, up to this many tries
@@ -180,22 +181,35 @@ class Build:
         return json.loads(path.read_text(encoding="utf-8"))["decisions"] if path.exists() else {}
 
     def gated_questions(self) -> tuple[list[dict], list[Drop]]:
-        """Questions that pass the gates and the review so far (edited text applied), and the drops."""
+        """Questions that pass the gates and the review so far (edited text applied), and the drops.
+
+        Kept items carry their base id ``q:<category>:<k>``; with several attempts
+        (``--question-attempts``) the first attempt that passes is used."""
         store = JsonlStore(self.path("questions.jsonl"))
-        items = sorted(store.values(), key=lambda it: (it["category_index"], it["index"]))
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for item in store.values():
+            groups[item["id"].split("#")[0]].append(item)
         review = self.review()
+        gate = QuestionGate(self.settings.dedup_jaccard, self.settings.dedup_ratio)
         drops: list[Drop] = []
-        reviewed = []
-        for item in items:
-            decision = review.get(item["id"])
+        for base in sorted(groups, key=lambda b: (groups[b][0]["category_index"], groups[b][0]["index"])):
+            items = sorted(groups[base], key=lambda it: it.get("attempt", 1))
+            decision = review.get(base)
             if decision and decision["decision"] == "reject":
-                drops.append(Drop(item["id"], "question", "rejected in review"))
+                drops.append(Drop(base, "question", "rejected in review"))
                 continue
             if decision and decision["decision"] == "edit":
-                item = {**item, "question": decision["text"], "edited": True}
-            reviewed.append(item)
-        kept, gate_drops = dedup_questions(reviewed, self.settings.dedup_jaccard, self.settings.dedup_ratio)
-        return kept, gate_drops + drops
+                items = [{**items[0], "question": decision["text"], "edited": True}]
+            last = None
+            for item in items:
+                last = gate.check({**item, "id": base})
+                if last is None:
+                    gate.keep({**item, "id": base})
+                    break
+            if last is not None:
+                note = f" (after {len(items)} attempts)" if len(items) > 1 else ""
+                drops.append(Drop(base, "question", last.reason, last.detail + note))
+        return gate.kept, drops
 
     def reviewed_attacks(self) -> tuple[list[AttackTemplate], list[Drop]]:
         review = self.review()
@@ -215,7 +229,8 @@ class Build:
         s = self.settings
         src = self.categories_path or default_input(DEFAULT_CATEGORIES)
         categories = load_categories(src)
-        settings = {"questions_per_category": s.questions_per_category, "max_new_tokens": s.question_max_new_tokens,
+        settings = {"questions_per_category": s.questions_per_category, "attempts": s.question_attempts,
+                    "max_new_tokens": s.question_max_new_tokens,
                     "temperature": s.question_temperature, "seed": s.seed,
                     "categories_sha256": file_sha256(src)}
         if not self.begin("questions", settings, {"categories": self._input(src)}, generator=True):
@@ -246,6 +261,23 @@ class Build:
                               "question": clean_question(out.text), "raw": out.text,
                               "finish_reason": out.finish_reason})
             self.log(f"[questions] {len(store)}/{len(todo)}")
+        for attempt in range(2, s.question_attempts + 1):  # replace what the gates drop, sampling
+            kept_ids = {q["id"] for q in self.gated_questions()[0]}
+            review = self.review()
+            retry = [t for t in todo if t[0] not in kept_ids and t[0] not in review and t[0] in store
+                     and f"{t[0]}#{attempt}" not in store]
+            for n_chunk in range(0, len(retry), s.chunk_size):
+                chunk = retry[n_chunk:n_chunk + s.chunk_size]
+                prompts = [QUESTION_PROMPT.format(name=cat.name, policy=cat.policy, k=k + 1, n=s.questions_per_category)
+                           for _, _, cat, k in chunk]
+                outs = generator.generate(prompts, system=QUESTION_SYSTEM, max_new_tokens=s.question_max_new_tokens,
+                                          temperature=max(s.question_temperature, RETRY_TEMPERATURE),
+                                          seed=s.seed * 100003 + 7919 * attempt + n_chunk)
+                for (qid, ci, cat, k), out in zip(chunk, outs):
+                    store.append({"id": f"{qid}#{attempt}", "category": cat.name, "category_index": ci, "index": k,
+                                  "attempt": attempt, "question": clean_question(out.text), "raw": out.text,
+                                  "finish_reason": out.finish_reason})
+                self.log(f"[questions] attempt {attempt}: {min(n_chunk + s.chunk_size, len(retry))}/{len(retry)}")
         kept, drops = self.gated_questions()
         counts = {"generated": len(store), "generated_this_run": len(store) - before, "kept_after_gates": len(kept),
                   "dropped": dict(Counter(d.reason for d in drops))}

@@ -61,6 +61,9 @@ def register(subparsers) -> None:
     g.add_argument("--question-temperature", type=float, default=0.9)
     g.add_argument("--response-max-new-tokens", type=int, default=96)
     g.add_argument("--response-temperature", type=float, default=0.0)
+    g.add_argument("--question-attempts", type=int, default=1,
+                   help="regenerate a question the gates drop (empty, too short, near-duplicate), up to this many "
+                        "tries in all; may be raised on a finished questions stage (before responses are planned)")
     g.add_argument("--response-attempts", type=int, default=1,
                    help="regenerate (sampling) a response the gates drop, up to this many tries in all; "
                         "may be raised on a finished build to retry only the failures")
@@ -94,7 +97,8 @@ def cmd_build(args) -> int:
 
     settings = BuildSettings(
         questions_per_category=args.questions_per_category, question_max_new_tokens=args.question_max_new_tokens,
-        question_temperature=args.question_temperature, response_max_new_tokens=args.response_max_new_tokens,
+        question_temperature=args.question_temperature, question_attempts=args.question_attempts,
+        response_max_new_tokens=args.response_max_new_tokens,
         response_temperature=args.response_temperature, response_attempts=args.response_attempts,
         attacks_per_question=args.attacks_per_question,
         split_ratios=args.split_ratios, seed=args.seed, chunk_size=args.chunk_size, truncated=args.truncated,
