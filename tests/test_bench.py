@@ -92,13 +92,15 @@ def test_resume_refuses_different_settings(tiny_setup):
     from safeedit.cli import main
 
     out = tiny_setup["tmp"] / "run"
-    assert main(bench_args(tiny_setup, out, extra=["--limit", "1"])) == 0
-    assert main(bench_args(tiny_setup, out, extra=["--limit", "1", "--seed", "3"])) == 2
+    fast = ["--limit", "1", "--kqa-n", "0", "--csum-n", "0"]
+    assert main(bench_args(tiny_setup, out, extra=fast)) == 0
+    assert main(bench_args(tiny_setup, out, extra=[*fast, "--seed", "3"])) == 2
 
 
 def test_kill_9_then_resume_loses_and_duplicates_nothing(tiny_setup):
     out = tiny_setup["tmp"] / "killed"
-    cmd = [sys.executable, "-m", "safeedit.cli", *bench_args(tiny_setup, out)]
+    no_general = ["--kqa-n", "0", "--csum-n", "0"]  # later options win; general metrics are tested above
+    cmd = [sys.executable, "-m", "safeedit.cli", *bench_args(tiny_setup, out, extra=no_general)]
     env = dict(os.environ, SAFEEDIT_CACHE=str(tiny_setup["tmp"] / "cache"))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / "results.jsonl"
