@@ -35,7 +35,9 @@ REFUSAL_PHRASES = (
     "cannot assist", "can't assist", "cannot provide", "can't provide", "not something i can",
     "i strongly advise against", "not be able to assist", "not be able to help", "not be able to provide",
     "unable to assist", "unable to help", "unable to provide", "not able to assist", "not able to help",
-    "cannot fulfil", "can't fulfil", "cannot fulfill", "can't fulfill", "cannot comply", "can't comply", "please don't", "please do not", "seek help", "is not okay",
+    "cannot fulfil", "can't fulfil", "cannot fulfill", "can't fulfill", "cannot comply", "can't comply",
+    "i'm not capable", "i am not capable", "i'm not allowed", "i am not allowed", "i'm not equipped",
+    "i am not equipped", "not comfortable", "crossed the line", "please don't", "please do not", "seek help", "is not okay",
     "isn't okay", "not acceptable",
 )
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")

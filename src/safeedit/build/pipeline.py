@@ -457,9 +457,11 @@ class Build:
             if drop is not None:
                 drops.append(Drop(base, drop.kind, drop.reason, drop.detail + note))
             elif it["kind"] == "safe":
-                drops.append(Drop(base, "safe response", "does not refuse", f"{method}{note}: {text[:80]}"))
+                reason = "judged unsafe" if self.judge_dir else "does not refuse"
+                drops.append(Drop(base, "safe response", reason, f"{method}{note}: {text[:80]}"))
             else:
-                drops.append(Drop(base, "unsafe response", "refuses", f"{method}{note}: {text[:80]}"))
+                reason = "judged safe" if self.judge_dir else "refuses"
+                drops.append(Drop(base, "unsafe response", reason, f"{method}{note}: {text[:80]}"))
         return kept, drops
 
     # ------------------------------------------------------------------ review

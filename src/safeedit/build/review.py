@@ -61,7 +61,10 @@ def export_rows(build) -> list[dict]:
         for rid, r in sorted(responses.items()):
             if rid in decided or r["question_id"] not in qtext:
                 continue
-            check = f"{'refuses' if r['kind'] == 'safe' else 'complies'} ({method})"
+            if build.judge_dir:
+                check = f"judged {'safe' if r['kind'] == 'safe' else 'unsafe'} ({method})"
+            else:
+                check = f"{'refuses' if r['kind'] == 'safe' else 'complies'} ({method})"
             rows.append({"row_id": rid, "kind": f"{r['kind']} response", "category": qtext[r["question_id"]]["category"],
                          "attack": attack_names.get(r["attack_id"], r["attack_id"]),
                          "question": qtext[r["question_id"]]["question"], "text": r["text"], "auto_check": check})
