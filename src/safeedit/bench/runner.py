@@ -162,7 +162,8 @@ class BenchRun:
 
     def _pre_generate(self, model, tok, instances, cache: GenerationCache, gen) -> None:
         """All missing pre-edit generations in large batches (the unedited model is shared)."""
-        prompts = sorted({p for inst in instances for p in inst.eval_inputs().values()})
+        # by length, so each stored chunk holds prompts of similar size (little padding)
+        prompts = sorted({p for inst in instances for p in inst.eval_inputs().values()}, key=lambda p: (len(p), p))
         missing = [p for p, r in zip(prompts, cache.lookup(prompts)) if r is None]
         chunk = max(gen["batch_size"] * 4, 32)  # store progress regularly so a kill loses little
         for start in tqdm(range(0, len(missing), chunk), desc="pre-edit generations", disable=not self.progress or not missing):
