@@ -419,17 +419,9 @@ class ChatServer:
 
 @pytest.fixture(scope="module")
 def tiny_backend():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tests.conftest import tiny_model, tiny_tokenizer
 
-    from tests.conftest import tiny_model
-
-    vocab = {f"w{i}": i for i in range(120)} | {"<unk>": 120, "</s>": 121}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="</s>", unk_token="<unk>", pad_token="</s>")
-    tok.padding_side = "left"
-    return LocalHFGenerator("tiny-random-llama", loaded=(tiny_model("llama"), tok), batch_size=4)
+    return LocalHFGenerator("tiny-random-llama", loaded=(tiny_model("llama"), tiny_tokenizer()), batch_size=4)
 
 
 def test_http_generator_matches_the_served_model(tiny_backend, monkeypatch):

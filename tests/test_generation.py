@@ -50,15 +50,9 @@ def test_sampling_is_reproducible_with_a_seed(embedded):
 
 
 def test_tiny_model_batched_equals_single():
-    from tests.conftest import tiny_model
-    from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tests.conftest import tiny_model, tiny_tokenizer
 
-    vocab = {f"w{i}": i for i in range(120)} | {"<unk>": 120, "</s>": 121}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="</s>", unk_token="<unk>", pad_token="</s>")
-    tok.padding_side = "left"
+    tok = tiny_tokenizer()
     model = tiny_model("llama")
     prompts = ["w1 w2 w3", "w5", "w7 w8 w9 w10 w11 w12", "w3 w3"]
     batched = generate(model, tok, prompts, max_new_tokens=6, batch_size=4, chat=False)

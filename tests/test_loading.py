@@ -5,7 +5,7 @@ import torch
 
 from safeedit.lm import ModelLoadError, load_model, resolve_model_source
 from safeedit.lm import loading
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, tiny_tokenizer
 
 
 def test_unknown_alias_lists_choices():
@@ -26,15 +26,11 @@ def test_hub_id_is_passed_through_untouched():
 
 
 def test_local_folder_loads_with_left_padding(tmp_path):
-    from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     model = tiny_model("llama")
     model.save_pretrained(tmp_path)
-    vocab = {f"w{i}": i for i in range(120)} | {"<unk>": 120, "</s>": 121}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>").save_pretrained(tmp_path)
+    tok = tiny_tokenizer()
+    tok.pad_token = None  # load_model must supply one
+    tok.save_pretrained(tmp_path)
     loaded, tokenizer = load_model(str(tmp_path), dtype="float32", device="cpu")
     assert tokenizer.pad_token == "</s>" and tokenizer.padding_side == "left"
     for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):

@@ -20,11 +20,12 @@ The files shipped in ``configs/build`` are written by the safeedit authors; pass
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from safeedit.data.jsonio import read_json_list
 
 #: the literal slot an attack template must contain
 QUESTION_SLOT = "{question}"
@@ -60,25 +61,7 @@ def read_objects(path: Path, list_key: str | None = None) -> list[Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        out = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON: {exc.msg}") from exc
-        return out
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
-    if isinstance(data, dict) and list_key and isinstance(data.get(list_key), list):
-        data = data[list_key]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list{f' (or an object with {list_key!r})' if list_key else ''}")
-    return data
+    return read_json_list(path, list_key)
 
 
 def _text(obj: Any, key: str, where: str, synonyms: tuple[str, ...] = ()) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from safeedit.data.jsonio import read_json_list
 from safeedit.data.schema import SafeEditInstance
 from safeedit.data.validation import RecordProblem, SafeEditValidationError, check_record, to_instance
 
@@ -48,25 +48,7 @@ class SafeEditData:
 
 def read_records(path: Path) -> list[Any]:
     """Raw records of one .json (a list, or an object with a list under 'data') or .jsonl file."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON: {exc.msg}") from exc
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of SafeEdit records, got {type(data).__name__}")
-    return data
+    return read_json_list(path, "data")
 
 
 def build(records: Iterable[Any], source: str) -> tuple[list[SafeEditInstance], list[RecordProblem]]:
