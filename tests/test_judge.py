@@ -169,6 +169,13 @@ def test_balanced_subsample_keeps_small_cells():
     assert sub == jdata.balanced_subsample(rows, 200, seed=0)
 
 
+def test_repeat_sources_copies_only_named_sources():
+    rows = [jdata.JudgeRow("p", f"r{i}", 0, "x" if i % 2 else "y", f"g{i}") for i in range(10)]
+    out = jdata.repeat_sources(rows, {"x": 3}, seed=0)
+    assert len(out) == 20 and sum(r.source == "y" for r in out) == 5
+    assert jdata.repeat_sources(rows, {}, seed=0) == rows
+
+
 def test_safeedit_rows_group_by_question(sample_path):
     rows = jdata.load_safeedit_rows(sample_path)
     pairs = [r for r in rows if r.source == jdata.SAFEEDIT_SOURCE]

@@ -89,12 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--safeedit", default=str(default_safeedit_path()), help="SafeEdit file for extra rows")
     train.add_argument("--no-judge-data", action="store_true", help="leave judge_train.jsonl out")
     train.add_argument("--no-safeedit", action="store_true", help="leave the SafeEdit rows out")
-    train.add_argument("--max-train", type=int, default=3000,
+    train.add_argument("--max-train", type=int, default=2800,
                        help="balanced training subsample size (0 = the whole training split)")
     train.add_argument("--epochs", type=float, default=1.0)
     train.add_argument("--max-length", type=int, default=128, help="training truncation in tokens")
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=5e-5)
+    train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--test-fraction", type=float, default=0.2, help="share of request groups held out")
     train.add_argument("--max-eval-per-source", type=int, default=150,

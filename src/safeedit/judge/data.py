@@ -29,7 +29,12 @@ SAFEEDIT_SOURCE = "safeedit_sample"
 SAFEEDIT_BENIGN_SOURCE = "safeedit_constraint"
 #: relative sampling weight per source in the balanced subsample. DiaSafety is social-media
 #: chit-chat, farther from LLM responses to harmful requests (its README suggests down-weighting).
-SOURCE_WEIGHTS = {"diasafety": 0.5}
+SOURCE_WEIGHTS = {"diasafety": 0.5, "do_not_answer": 2.0}
+#: extra copies in the training subsample. SafeEdit's ~130 benign answers are the only helpful
+#: replies to ordinary instructions; seen once among 3,000 rows they did not stop the judge from
+#: flagging benign answers, so they are repeated. Do-Not-Answer's weight brings in more of its
+#: safe non-refusals (rebuttals, balanced views, answers with caveats).
+SOURCE_REPEATS = {"safeedit_constraint": 3}
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,17 @@ def balanced_subsample(rows: list[JudgeRow], n: int | None, seed: int = 0,
         take = min(len(members), int(lo * w[c]))
         out += members if take == len(members) else rng.sample(members, take)
     rng.shuffle(out)
+    return out
+
+
+def repeat_sources(rows: list[JudgeRow], repeats: dict[str, int] | None = None, seed: int = 0) -> list[JudgeRow]:
+    """``rows`` with the rows of some sources repeated (``SOURCE_REPEATS`` by default), reshuffled."""
+    repeats = SOURCE_REPEATS if repeats is None else repeats
+    extra = [r for r in rows for _ in range(repeats.get(r.source, 1) - 1)]
+    if not extra:
+        return list(rows)
+    out = rows + extra
+    random.Random(seed).shuffle(out)
     return out
 
 
