@@ -26,14 +26,10 @@ def cmd_train(args) -> int:
 
 
 def _read_jsonl(path: Path, field: str, prompt_field: str | None) -> tuple[list[str], list[str] | None]:
+    from safeedit.data.jsonio import read_jsonl
+
     responses, prompts = [], []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{line_no}: not valid JSON: {exc.msg}") from exc
+    for line_no, rec in read_jsonl(path):
         if not isinstance(rec.get(field), str):
             raise ValueError(f"{path}:{line_no}: field {field!r} is missing or not a string")
         responses.append(rec[field])

@@ -13,13 +13,14 @@ shuffle, makes the split stable when rows are added or removed.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+
+from safeedit.data.jsonio import read_jsonl
 
 LABELS = {"safe": 0, "unsafe": 1}
 SAFEEDIT_SOURCE = "safeedit_sample"
@@ -84,26 +85,19 @@ def load_judge_jsonl(path: str | Path) -> list[JudgeRow]:
     if not path.is_file():
         raise FileNotFoundError(f"judge training data not found: {path}")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not valid JSON: {exc.msg}") from exc
-            label = rec.get("label")
-            if label not in LABELS:
-                raise ValueError(f"{path}:{line_no}: field 'label' must be 'safe' or 'unsafe', got {label!r}")
-            response = rec.get("response")
-            if not isinstance(response, str):
-                raise ValueError(f"{path}:{line_no}: field 'response' must be a string")
-            if not response.strip():
-                continue  # the judge never sees empty responses (they score 0.5 by rule)
-            prompt = rec.get("prompt") or ""
-            source = rec.get("source") or path.stem
-            rows.append(JudgeRow(prompt, response, LABELS[label], source,
-                                 group_key(prompt, source, str(rec.get("source_id") or ""))))
+    for line_no, rec in read_jsonl(path):
+        label = rec.get("label")
+        if label not in LABELS:
+            raise ValueError(f"{path}:{line_no}: field 'label' must be 'safe' or 'unsafe', got {label!r}")
+        response = rec.get("response")
+        if not isinstance(response, str):
+            raise ValueError(f"{path}:{line_no}: field 'response' must be a string")
+        if not response.strip():
+            continue  # the judge never sees empty responses (they score 0.5 by rule)
+        prompt = rec.get("prompt") or ""
+        source = rec.get("source") or path.stem
+        rows.append(JudgeRow(prompt, response, LABELS[label], source,
+                             group_key(prompt, source, str(rec.get("source_id") or ""))))
     return rows
 
 
