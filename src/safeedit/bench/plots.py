@@ -38,27 +38,12 @@ def plot_layer_histogram(counts: dict[int, int], n_layers: int, path: str | Path
 _BAR_METRICS = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg", "DS_nondegenerate", "Degenerate%", "KQA", "CSum"]
 
 
-def plot_pre_post(summary: dict, path: str | Path) -> Path:
-    metrics = [m for m in _BAR_METRICS if m in summary["pre"] and m in summary["post"]]
+def _grouped_bars(series: list[tuple[str, dict]], metrics: list[str], path: str | Path) -> Path:
+    """One group of bars per metric, one bar per (label, scores) series."""
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    xs = range(len(metrics))
-    ax.bar([x - 0.2 for x in xs], [summary["pre"][m] for m in metrics], width=0.4, label="pre (unedited)")
-    ax.bar([x + 0.2 for x in xs], [summary["post"][m] for m in metrics], width=0.4, label=f"post ({summary['method']})")
-    ax.set_xticks(list(xs), metrics, rotation=30, ha="right")
-    ax.set_ylabel("score (0-100)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_compare(labels: list[str], summaries: list[dict], path: str | Path) -> Path:
-    metrics = [m for m in _BAR_METRICS if all(m in s["post"] for s in summaries)]
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    width = 0.8 / max(1, len(summaries))
-    for i, (label, s) in enumerate(zip(labels, summaries)):
-        ax.bar([x + i * width for x in range(len(metrics))], [s["post"][m] for m in metrics], width=width, label=label)
+    width = 0.8 / max(1, len(series))
+    for i, (label, scores) in enumerate(series):
+        ax.bar([x + i * width for x in range(len(metrics))], [scores[m] for m in metrics], width=width, label=label)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(metrics))], metrics, rotation=30, ha="right")
     ax.set_ylabel("score (0-100)")
     ax.legend()
@@ -66,3 +51,13 @@ def plot_compare(labels: list[str], summaries: list[dict], path: str | Path) -> 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def plot_pre_post(summary: dict, path: str | Path) -> Path:
+    metrics = [m for m in _BAR_METRICS if m in summary["pre"] and m in summary["post"]]
+    return _grouped_bars([("pre (unedited)", summary["pre"]), (f"post ({summary['method']})", summary["post"])], metrics, path)
+
+
+def plot_compare(labels: list[str], summaries: list[dict], path: str | Path) -> Path:
+    metrics = [m for m in _BAR_METRICS if all(m in s["post"] for s in summaries)]
+    return _grouped_bars([(label, s["post"]) for label, s in zip(labels, summaries)], metrics, path)
