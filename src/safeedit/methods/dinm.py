@@ -185,18 +185,20 @@ class DINM(Method):
         record = InstanceEdit(key=instance.key, layer=layer, distances=distances)
         with runner:
             for step in range(cfg.steps + 1):
-                nll, kl = self._loss_terms(runner, reference_logp, kl_grad=not cfg.flag("kl_no_grad"))
-                total = cfg.edit_weight * nll + cfg.kl_weight * kl
+                measuring_only = step == cfg.steps  # the extra pass only measures the result
+                with torch.set_grad_enabled(not measuring_only):
+                    nll, kl = self._loss_terms(runner, reference_logp,
+                                               kl_grad=not (cfg.flag("kl_no_grad") or measuring_only))
+                    total = cfg.edit_weight * nll + cfg.kl_weight * kl
                 if not torch.isfinite(total.detach()):
                     raise EditError(f"non-finite loss ({total.item()}) at step {step} editing instance "
                                     f"{instance.key} (id={instance.id!r}) at layer {layer}; model restored")
+                record.losses.append({"step": step, "loss": total.item(), "nll": nll.item(), "kl": kl.item()})
                 if step == 0:
                     record.nll_before = nll.item()
-                if step == cfg.steps:  # the extra pass only measures the result
+                if measuring_only:
                     record.nll_after = nll.item()
-                    record.losses.append({"step": step, "loss": total.item(), "nll": nll.item(), "kl": kl.item()})
                     break
-                record.losses.append({"step": step, "loss": total.item(), "nll": nll.item(), "kl": kl.item()})
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
