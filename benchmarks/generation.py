@@ -47,7 +47,7 @@ def main() -> None:
                 seconds, _ = timed(generate, model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=batch, stats=stats)
             rates.append(stats.new_tokens / seconds)
             secs.append(seconds)
-        rows.append([label, batch, len(prompts), args.max_new_tokens, f"{median(secs):.1f}", f"{median(rates):.1f}"])
+        rows.append([label, min(batch, len(prompts)), len(prompts), args.max_new_tokens, f"{median(secs):.1f}", f"{median(rates):.1f}"])
     base = float(rows[0][-1])
     for r in rows:
         r.append(f"{float(r[-1]) / base:.1f}x")
