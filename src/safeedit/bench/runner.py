@@ -126,10 +126,11 @@ class BenchRun:
         torch.manual_seed(cfg.seed)
         data = load_safeedit(cfg.data)
         instances = self._select(data)
-        judge = SafetyJudge.from_pretrained(cfg.judge)  # fail early, before the model loads
+        # bad method options and a missing judge fail before the (slow) model load
+        method = None if cfg.method == "none" else get_method(cfg.method, cfg.method_config, **cfg.method_options)
+        judge = SafetyJudge.from_pretrained(cfg.judge)
         model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
         chat = has_chat_template(tok) if cfg.chat is None else cfg.chat
-        method = None if cfg.method == "none" else get_method(cfg.method, cfg.method_config, **cfg.method_options)
         if method is not None and hasattr(method.config, "chat") and method.config.chat is None:
             method.config.chat = chat  # edit and evaluate in the same prompt mode
         fingerprint = model_fingerprint(model)

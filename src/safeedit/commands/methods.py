@@ -54,10 +54,11 @@ def cmd_locate(args) -> int:
             print(f"plot written to {args.plot}")
         return 0
     layers = {}
+    n_layers = 0
     for i in tqdm(indices, desc="locate"):
-        layers[i] = method.locate(model, tok, data[i]).layer
+        location = method.locate(model, tok, data[i])
+        layers[i], n_layers = location.layer, len(location.distances)
     counts = Counter(layers.values())
-    n_layers = len(method.locate(model, tok, data[indices[0]]).distances)
     print(f"toxic layers of {len(indices)} instances ({n_layers} decoder layers, 0-based)")
     print("| layer | instances | share |\n|------:|----------:|------:|")
     for layer in sorted(counts):
