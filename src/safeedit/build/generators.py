@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from safeedit.errors import ConfigError, RunFailedError
+
 log = logging.getLogger(__name__)
 
 
@@ -78,7 +80,7 @@ class LocalHFGenerator:
         return out
 
 
-class HTTPError(RuntimeError):
+class HTTPError(RunFailedError):
     pass
 
 
@@ -208,10 +210,10 @@ def make_generator(spec: str, **kwargs) -> Generator:
     if spec == "http" or spec.startswith(("http://", "https://")):
         base_url = kwargs.pop("base_url", None) or (spec if spec != "http" else None)
         if not base_url:
-            raise ValueError("the HTTP generator needs --base-url (e.g. https://api.openai.com/v1)")
+            raise ConfigError("the HTTP generator needs --base-url (e.g. https://api.openai.com/v1)")
         model = kwargs.pop("model", None)
         if not model:
-            raise ValueError("the HTTP generator needs --api-model (the model name the endpoint serves)")
+            raise ConfigError("the HTTP generator needs --api-model (the model name the endpoint serves)")
         keep = {k: v for k, v in kwargs.items() if k in ("api_key_env", "timeout", "max_retries",
                                                           "requests_per_minute", "concurrency", "backoff")}
         return OpenAIChatGenerator(base_url, model, **keep)

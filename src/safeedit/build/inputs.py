@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from safeedit.data.jsonio import read_json_list
+from safeedit.errors import DataError, InputNotFoundError
 
 #: the literal slot an attack template must contain
 QUESTION_SLOT = "{question}"
@@ -39,7 +40,7 @@ def shipped_config_dir() -> Path:
 def default_input(name: str) -> Path:
     path = shipped_config_dir() / name
     if not path.is_file():
-        raise FileNotFoundError(f"shipped build input {name} not found at {path}; pass the file explicitly")
+        raise InputNotFoundError(f"shipped build input {name} not found at {path}; pass the file explicitly")
     return path
 
 
@@ -60,18 +61,18 @@ def read_objects(path: Path, list_key: str | None = None) -> list[Any]:
     """Objects of a JSON list / JSONL file / JSON object holding the list under ``list_key``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {path}")
+        raise InputNotFoundError(f"input file not found: {path}")
     return read_json_list(path, list_key)
 
 
 def _text(obj: Any, key: str, where: str, synonyms: tuple[str, ...] = ()) -> str:
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     for k in (key, *synonyms):
         value = obj.get(k)
         if isinstance(value, str) and value.strip():
             return value.strip()
-    raise ValueError(f"{where}: field {key!r} is missing or empty")
+    raise DataError(f"{where}: field {key!r} is missing or empty")
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,14 @@ def load_categories(path: Path) -> list[Category]:
         where = f"{path}: category #{i}"
         cats.append(Category(_text(obj, "name", where), _text(obj, "policy", where)))
     if not cats:
-        raise ValueError(f"{path}: no categories")
+        raise DataError(f"{path}: no categories")
     _unique([c.slug for c in cats], path, "category name")
     return cats
 
 
 def validate_template(template: str, name: str, where: str = "") -> None:
     if QUESTION_SLOT not in template:
-        raise ValueError(f"{where}attack template {name!r} has no question slot {QUESTION_SLOT}; "
+        raise DataError(f"{where}attack template {name!r} has no question slot {QUESTION_SLOT}; "
                          f"put {QUESTION_SLOT} where the harmful question goes")
 
 
@@ -136,10 +137,10 @@ def load_attacks(path: Path) -> list[AttackTemplate]:
         category = obj.get("category")
         attacks.append(AttackTemplate(name, template, category if isinstance(category, str) and category else None))
     if bad:
-        raise ValueError(f"{path}: attack template(s) without the question slot {QUESTION_SLOT}: "
+        raise DataError(f"{path}: attack template(s) without the question slot {QUESTION_SLOT}: "
                          f"{', '.join(repr(b) for b in bad)}; put {QUESTION_SLOT} where the harmful question goes")
     if not attacks:
-        raise ValueError(f"{path}: no attack templates")
+        raise DataError(f"{path}: no attack templates")
     _unique([a.id for a in attacks], path, "attack template name")
     return attacks
 
@@ -151,14 +152,14 @@ def load_pairs(path: Path) -> list[InstructionPair]:
         if isinstance(obj, dict) and "answers" in obj and "question" in obj:  # TriviaQA layout
             answers = obj["answers"]
             if not (isinstance(answers, list) and answers and isinstance(answers[0], str)):
-                raise ValueError(f"{where}: field 'answers' must be a non-empty list of text")
+                raise DataError(f"{where}: field 'answers' must be a non-empty list of text")
             question = _text(obj, "question", where).replace('""', '"')
             pairs.append(InstructionPair(question, representative_answer(answers)))
             continue
         pairs.append(InstructionPair(_text(obj, "instruction", where, ("prompt",)),
                                      _text(obj, "answer", where, ("output",))))
     if not pairs:
-        raise ValueError(f"{path}: no instruction pairs")
+        raise DataError(f"{path}: no instruction pairs")
     return pairs
 
 
@@ -181,4 +182,4 @@ def _unique(keys: list[str], path: Path, what: str) -> None:
             dup.append(k)
         seen.add(k)
     if dup:
-        raise ValueError(f"{path}: duplicate {what}(s): {', '.join(sorted(set(dup)))}")
+        raise DataError(f"{path}: duplicate {what}(s): {', '.join(sorted(set(dup)))}")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from safeedit.errors import UserError
 from safeedit.build.gates import Drop, QuestionGate, RefusalChecker, check_response, clean_question
 from safeedit.build.generators import Generator
 from safeedit.build.inputs import (
@@ -60,7 +61,7 @@ SAFE_SYSTEM = (
 )
 
 
-class StageError(ValueError):
+class StageError(UserError, ValueError):
     """A stage cannot run (missing earlier stage, changed settings, bad input)."""
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from safeedit.errors import DataError, InputNotFoundError
 from safeedit.build.inputs import QUESTION_SLOT
 
 COLUMNS = ("row_id", "kind", "category", "attack", "question", "text", "auto_check", "decision", "edited_text")
@@ -33,7 +34,7 @@ DECISIONS = {"accept": "accept", "a": "accept", "yes": "accept", "y": "accept", 
              "edit": "edit", "e": "edit"}
 
 
-class ReviewFileError(ValueError):
+class ReviewFileError(DataError):
     pass
 
 
@@ -95,7 +96,7 @@ def read_review_csv(path: Path, exported: dict[str, str], blank_accepts: bool = 
     :class:`ReviewFileError` naming every bad row when the file does not match the export."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"review file not found: {path}")
+        raise InputNotFoundError(f"review file not found: {path}")
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []

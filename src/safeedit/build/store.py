@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from safeedit.errors import DataError
+
 
 class JsonlStore:
     """Items ``{"id": ..., ...}`` in one JSONL file; first occurrence of an id wins."""
@@ -40,7 +42,7 @@ class JsonlStore:
                 except json.JSONDecodeError:
                     if data.find(b"\n", nl + 1) == -1 and not data[nl + 1:].strip():
                         break  # garbage only on the last line: treat as a torn write
-                    raise ValueError(f"{self.path}: corrupt line at byte {pos} (not the last line); fix or delete it")
+                    raise DataError(f"{self.path}: corrupt line at byte {pos} (not the last line); fix or delete it")
                 if isinstance(item, dict) and "id" in item:
                     self.items.setdefault(str(item["id"]), item)
             pos = good_end = nl + 1

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from safeedit.errors import ConfigError, DataError
+
 
 def cmd_train(args) -> int:
     import torch
@@ -31,11 +33,11 @@ def _read_jsonl(path: Path, field: str, prompt_field: str | None) -> tuple[list[
     responses, prompts = [], []
     for line_no, rec in read_jsonl(path):
         if not isinstance(rec.get(field), str):
-            raise ValueError(f"{path}:{line_no}: field {field!r} is missing or not a string")
+            raise DataError(f"{path}:{line_no}: field {field!r} is missing or not a string")
         responses.append(rec[field])
         if prompt_field is not None:
             if not isinstance(rec.get(prompt_field), str):
-                raise ValueError(f"{path}:{line_no}: field {prompt_field!r} is missing or not a string")
+                raise DataError(f"{path}:{line_no}: field {prompt_field!r} is missing or not a string")
             prompts.append(rec[prompt_field])
     return responses, (prompts if prompt_field is not None else None)
 
@@ -44,7 +46,7 @@ def cmd_predict(args) -> int:
     from safeedit.judge import SafetyJudge
 
     if (args.text is None) == (args.jsonl is None):
-        raise ValueError("give exactly one of --text TEXT or --jsonl FILE")
+        raise ConfigError("give exactly one of --text TEXT or --jsonl FILE")
     judge = SafetyJudge.from_pretrained(args.judge, device=args.device)
     if args.text is not None:
         responses, prompts = [args.text], ([args.prompt] if args.prompt is not None else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from safeedit.errors import DataError
 from safeedit.data.schema import (
     F_ADVERSARIAL, F_ATTACK_CATEGORY, F_ATTACK_NAME, F_CATEGORY, F_CONSTRAINT, F_GENERALIZATION, F_ID,
     F_QUESTION, F_SAFE, F_UNSAFE, GENERALIZATION_FIELDS, GeneralizationInputs, KnowledgeConstraint,
@@ -27,7 +28,7 @@ class RecordProblem:
         return f"{self.source}: record {self.position} (id={self.record_id!r}): field {self.field!r}: {self.message}"
 
 
-class SafeEditValidationError(ValueError):
+class SafeEditValidationError(DataError):
     def __init__(self, problems: list[RecordProblem]):
         self.problems = problems
         shown = "\n".join(str(p) for p in problems[:20])

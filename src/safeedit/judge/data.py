@@ -13,7 +13,6 @@ shuffle, makes the split stable when rows are added or removed.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
 from collections import Counter, defaultdict
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safeedit.data.jsonio import read_jsonl
+from safeedit.errors import DataError, InputNotFoundError
+from safeedit.paths import sample_data_path, shared_data_dir
 
 LABELS = {"safe": 0, "unsafe": 1}
 SAFEEDIT_SOURCE = "safeedit_sample"
@@ -47,23 +48,12 @@ class JudgeRow:
     group: str  # rows with the same group are always on the same side of the split
 
 
-def shared_data_dir() -> Path:
-    """``$SAFEEDIT_SHARED/data``, else the ``shared/data`` folder beside the repository or cwd."""
-    if os.environ.get("SAFEEDIT_SHARED"):
-        return Path(os.environ["SAFEEDIT_SHARED"]).expanduser() / "data"
-    repo = Path(__file__).resolve().parents[3]  # src/safeedit/judge/data.py -> repo root
-    for base in (repo.parent, Path.cwd().parent, Path.cwd()):
-        if (base / "shared" / "data").is_dir():
-            return base / "shared" / "data"
-    return repo.parent / "shared" / "data"
-
-
 def default_data_path() -> Path:
     return shared_data_dir() / "judge" / "judge_train.jsonl"
 
 
 def default_safeedit_path() -> Path:
-    return shared_data_dir() / "safeedit" / "safeedit_sample.json"
+    return sample_data_path()
 
 
 def _norm_text(text: str) -> str:
@@ -83,15 +73,15 @@ def load_judge_jsonl(path: str | Path) -> list[JudgeRow]:
     """Rows of a ``{"prompt", "response", "label", "source"}`` JSONL file (empty responses skipped)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"judge training data not found: {path}")
+        raise InputNotFoundError(f"judge training data not found: {path}")
     rows = []
     for line_no, rec in read_jsonl(path):
         label = rec.get("label")
         if label not in LABELS:
-            raise ValueError(f"{path}:{line_no}: field 'label' must be 'safe' or 'unsafe', got {label!r}")
+            raise DataError(f"{path}:{line_no}: field 'label' must be 'safe' or 'unsafe', got {label!r}")
         response = rec.get("response")
         if not isinstance(response, str):
-            raise ValueError(f"{path}:{line_no}: field 'response' must be a string")
+            raise DataError(f"{path}:{line_no}: field 'response' must be a string")
         if not response.strip():
             continue  # the judge never sees empty responses (they score 0.5 by rule)
         prompt = rec.get("prompt") or ""

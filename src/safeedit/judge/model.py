@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from safeedit.errors import InputNotFoundError, UserError
+
 #: key in a judge's config.json under which safeedit records how the judge was trained
 CONFIG_KEY = "safeedit_judge"
 #: the paper's judge truncates at 512 tokens; never read more than this
@@ -26,7 +28,7 @@ _SAFE_NAMES = {"safe", "harmless", "non_toxic", "nontoxic", "benign", "not_harmf
 _GENERIC = re.compile(r"^(label_?)?\d+$")
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     """A judge folder or hub id could not be used as a safe/unsafe classifier."""
 
 
@@ -50,11 +52,11 @@ def default_judge_dir() -> Path:
     """Where ``safeedit judge train`` writes and ``SafetyJudge.from_pretrained()`` reads by default.
 
     ``$SAFEEDIT_JUDGE`` wins; otherwise ``<cache>/judge`` with the cache root of
-    :func:`safeedit.lm.loading.cache_dir` (``$SAFEEDIT_CACHE`` or ``~/.cache/safeedit``).
+    :func:`safeedit.paths.cache_dir` (``$SAFEEDIT_CACHE`` or ``~/.cache/safeedit``).
     """
     if os.environ.get("SAFEEDIT_JUDGE"):
         return Path(os.environ["SAFEEDIT_JUDGE"]).expanduser()
-    from safeedit.lm.loading import cache_dir
+    from safeedit.paths import cache_dir
 
     return cache_dir() / "judge"
 
@@ -143,15 +145,15 @@ class SafetyJudge:
         if dir_or_hub_id is None:
             dir_or_hub_id = default_judge_dir()
             if not (Path(dir_or_hub_id) / "config.json").is_file():
-                raise FileNotFoundError(f"no safety judge at {dir_or_hub_id}: train one with "
+                raise InputNotFoundError(f"no safety judge at {dir_or_hub_id}: train one with "
                                         f"`safeedit judge train` or pass a folder / hub id")
         path = Path(str(dir_or_hub_id)).expanduser()
         if path.exists():
             if not (path / "config.json").is_file():
-                raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face classifier folder")
+                raise InputNotFoundError(f"{path} has no config.json: not a Hugging Face classifier folder")
             location = str(path)
         elif str(dir_or_hub_id).startswith((".", "/", "~")) or str(dir_or_hub_id).count("/") != 1:
-            raise FileNotFoundError(f"safety judge not found: {dir_or_hub_id} (neither a folder nor a hub id owner/name)")
+            raise InputNotFoundError(f"safety judge not found: {dir_or_hub_id} (neither a folder nor a hub id owner/name)")
         else:
             location = str(dir_or_hub_id)  # a hub id, e.g. zjunlp/SafeEdit-Safety-Classifier
         if device is None:

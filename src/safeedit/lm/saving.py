@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from safeedit.errors import OutputExistsError
+
 
 def save_model(model, tokenizer, out_dir: str | Path, metadata: dict | None = None) -> Path:
     """Write safetensors weights, config, tokenizer and ``safeedit.json`` (what was done) atomically.
@@ -17,7 +19,7 @@ def save_model(model, tokenizer, out_dir: str | Path, metadata: dict | None = No
     """
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new --out folder")
+        raise OutputExistsError(f"{out} exists and is not empty; choose a new --out folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from safeedit.errors import ConfigError
+
 from safeedit.data.jsonio import read_jsonl  # noqa: F401  (re-exported for the metric loaders)
 
 
@@ -12,5 +14,5 @@ def sample_indices(total: int, n: int | None, seed: int, what: str) -> list[int]
     if n is None:
         return list(range(total))
     if n < 0 or n > total:
-        raise ValueError(f"cannot take n={n} {what} items from a file of {total}")
+        raise ConfigError(f"cannot take n={n} {what} items from a file of {total}")
     return sorted(random.Random(seed).sample(range(total), n))

@@ -30,6 +30,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
+from safeedit.errors import DataError
 from safeedit.metrics._common import read_jsonl, sample_indices
 
 #: the question prompt in chat mode (one user turn); ``{question}`` is the TriviaQA question.
@@ -64,9 +65,9 @@ def load_triviaqa(path: str | Path, n: int | None = None, seed: int = 0) -> list
     for line_no, record in records:
         question, answers = record.get("question"), record.get("answers")
         if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"{path}:{line_no}: field 'question' must be a non-empty string")
+            raise DataError(f"{path}:{line_no}: field 'question' must be a non-empty string")
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-            raise ValueError(f"{path}:{line_no}: field 'answers' must be a non-empty list of strings")
+            raise DataError(f"{path}:{line_no}: field 'answers' must be a non-empty list of strings")
         item = {"question": question, "answers": list(answers)}
         if "source_line" in record:
             item["source_line"] = record["source_line"]
@@ -132,11 +133,11 @@ def evaluate_kqa(
     uses the chat template when the tokenizer has one (as :func:`safeedit.lm.generate`);
     ``"chat"`` in the result records the mode used.
     """
-    from safeedit.lm import generate, has_chat_template
+    from safeedit.lm import generate, use_chat_template
 
     if not items:
         raise ValueError("evaluate_kqa needs at least one item")
-    chat = has_chat_template(tokenizer) if chat is None else bool(chat and has_chat_template(tokenizer))
+    chat = use_chat_template(tokenizer, chat)
     template = KQA_PROMPT if chat else KQA_PROMPT_RAW
     prompts = [template.format(question=item["question"]) for item in items]
     responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, chat=chat,

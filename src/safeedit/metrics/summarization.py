@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from safeedit.errors import DataError
 from safeedit.metrics._common import read_jsonl, sample_indices
 
 #: the summarisation prompt in chat mode (one user turn); ``{document}`` is the (truncated) article
@@ -59,7 +60,7 @@ def load_xsum(
     for line_no, record in read_jsonl(path):
         for field in ("document", "summary"):
             if not isinstance(record.get(field), str) or not record[field].strip():
-                raise ValueError(f"{path}:{line_no}: field {field!r} must be a non-empty string")
+                raise DataError(f"{path}:{line_no}: field {field!r} must be a non-empty string")
         document, truncated = truncate_document(record["document"], max_document_chars)
         items.append({"id": record.get("id", line_no), "document": document,
                       "summary": record["summary"].strip(), "truncated": truncated})
@@ -97,11 +98,11 @@ def evaluate_csum(
     ``response`` and its ``rouge1`` (0-100). ``chat=None`` uses the chat template when the
     tokenizer has one; ``"chat"`` in the result records the mode used.
     """
-    from safeedit.lm import generate, has_chat_template
+    from safeedit.lm import generate, use_chat_template
 
     if not items:
         raise ValueError("evaluate_csum needs at least one item")
-    chat = has_chat_template(tokenizer) if chat is None else bool(chat and has_chat_template(tokenizer))
+    chat = use_chat_template(tokenizer, chat)
     template = CSUM_PROMPT if chat else CSUM_PROMPT_RAW
     prompts = [template.format(document=item["document"]) for item in items]
     responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, chat=chat,
