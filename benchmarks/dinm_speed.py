@@ -38,7 +38,7 @@ def run_mode(args) -> None:
     for i in range(args.instances):
         edit = method.edit(model, tok, [data[i]])
         rec = edit.instances[0]
-        rows.append({"index": i, "layer": rec.layer, "seconds": rec.seconds, "nll_after": rec.nll_after})
+        rows.append({"index": i, "layer": rec.details["layer"], "seconds": rec.seconds, "nll_after": rec.details["nll_after"]})
         edit.restore()
     print(json.dumps({"rows": rows, "peak_rss_mib": peak_rss_mib(), "model_rss_mib": base_rss}))
 

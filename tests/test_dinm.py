@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from safeedit.lm import resolve_architecture
+from safeedit.errors import ConfigError, DataError
 from safeedit.methods import DINM, EditError, get_method
 from tests.conftest import tiny_instance, tiny_model, tiny_tokenizer
 
@@ -18,7 +19,7 @@ def state_hash(model) -> str:
 
 
 def tiny_dinm(**overrides):
-    return DINM(**({"chat": False, "suffix": None, "lr": 1e-2, "steps": 5} | overrides))
+    return DINM(**({"suffix": None, "lr": 1e-2, "steps": 5} | overrides))
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "gpt2", "gpt_neox"])
@@ -39,7 +40,7 @@ def test_only_w_v_changes_and_restore_is_bitwise_exact():
     digest = state_hash(model)
     edit = tiny_dinm().edit(model, tok, [tiny_instance(2)])
     arch = resolve_architecture(model)
-    layer = edit.instances[0].layer
+    layer = edit.instances[0].details["layer"]
     assert edit.changed == [arch.w_v_param_name(layer)]
     for name, p in model.named_parameters():
         if name == edit.changed[0]:
@@ -84,19 +85,19 @@ def test_reference_kl_no_grad_never_shapes_the_update():
 def test_locate_once_reuses_the_first_layer():
     tok = tiny_tokenizer()
     insts = [tiny_instance(s, s) for s in range(6)]
-    compat = DINM(chat=False, suffix=None, steps=1, locate_once=True)
+    compat = DINM(suffix=None, steps=1, locate_once=True)
     model = tiny_model("llama")
     edit = compat.edit(model, tok, insts)
-    assert {r.layer for r in edit.instances} == {edit.instances[0].layer}
-    assert all(r.distances is None for r in edit.instances[1:])
-    default = DINM(chat=False, suffix=None, steps=1).edit(tiny_model("llama"), tok, insts)
-    assert all(r.distances is not None and len(r.distances) == 3 for r in default.instances)
+    assert {r.details["layer"] for r in edit.instances} == {edit.instances[0].details["layer"]}
+    assert all(r.details["distances"] is None for r in edit.instances[1:])
+    default = DINM(suffix=None, steps=1).edit(tiny_model("llama"), tok, insts)
+    assert all(r.details["distances"] is not None and len(r.details["distances"]) == 3 for r in default.instances)
 
 
 def test_reference_location_compares_responses_alone():
     model, tok, inst = tiny_model("llama"), tiny_tokenizer(), tiny_instance(4)
-    ours = DINM(chat=False).locate(model, tok, inst)
-    ref = DINM(chat=False, locate_without_context=True).locate(model, tok, inst)
+    ours = DINM().locate(model, tok, inst)
+    ref = DINM(locate_without_context=True).locate(model, tok, inst)
     assert len(ours.distances) == len(ref.distances) == 3
     assert ours.distances != ref.distances
 
@@ -112,11 +113,11 @@ def test_bad_layer_missing_unsafe_and_nan_loss_leave_model_unchanged():
 
     model, tok = tiny_model("llama"), tiny_tokenizer()
     digest = state_hash(model)
-    with pytest.raises(EditError, match="layer 7 out of range"):
+    with pytest.raises(ConfigError, match="layer 7 out of range"):
         tiny_dinm(layer=7).edit(model, tok, [tiny_instance(0)])
     assert state_hash(model) == digest
     no_unsafe = dataclasses.replace(tiny_instance(0), unsafe_response=None)
-    with pytest.raises(EditError, match="unsafe generation"):
+    with pytest.raises(DataError, match="unsafe generation"):
         tiny_dinm().edit(model, tok, [tiny_instance(1), no_unsafe])  # the first edit is undone too
     assert state_hash(model) == digest
     with pytest.raises(EditError, match="non-finite loss"):
@@ -148,7 +149,7 @@ def test_embedded_edit_halves_the_safe_response_nll(embedded, sample):
     digest = state_hash(model)
     edit = DINM().edit(model, tok, [sample[0]])
     record = edit.instances[0]
-    assert record.nll_after <= 0.5 * record.nll_before, record
+    assert record.details["nll_after"] <= 0.5 * record.details["nll_before"], record
     edit.restore()
     assert state_hash(model) == digest
 
@@ -174,7 +175,7 @@ def test_cli_sequential_edit_saves_a_loadable_model(tmp_path, capsys):
     saved = AutoModelForCausalLM.from_pretrained(out)
     original = tiny_model("llama")
     meta = json.loads((out / "safeedit.json").read_text())
-    changed = {f"model.layers.{e['layer']}.mlp.down_proj.weight" for e in meta["edits"]}
+    changed = {f"model.layers.{e['details']['layer']}.mlp.down_proj.weight" for e in meta["edits"]}
     for name, p in saved.named_parameters():
         assert torch.equal(p, original.get_parameter(name)) != (name in changed), name
     assert main(["edit", "--model", str(model_dir), "--raw", "--data", str(data), "--index", "0",

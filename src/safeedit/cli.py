@@ -10,6 +10,7 @@ import time
 
 from safeedit.commands import COMMAND_MODULES
 from safeedit.commands.common import add_model_args, add_prompt_mode, load_from_args
+from safeedit.errors import ConfigError, SafeEditError
 
 
 def cmd_data_stats(args) -> int:
@@ -49,14 +50,14 @@ def cmd_generate(args) -> int:
     from safeedit.lm import generate
 
     if args.prompt is None and args.data is None:
-        raise SystemExit("give --prompt TEXT or --data PATH --index I [--input KEY]")
+        raise ConfigError("give --prompt TEXT or --data PATH --index I [--input KEY]")
     if args.prompt is not None:
         prompt = args.prompt
     else:
-        instance = load_safeedit(args.data)[args.index]
+        instance = load_safeedit(args.data).select([args.index], where=args.data)[0]
         inputs = instance.eval_inputs()
         if args.input not in inputs:
-            raise SystemExit(f"instance {args.index} has no input {args.input!r} (has: {', '.join(inputs)})")
+            raise ConfigError(f"instance {args.index} has no input {args.input!r} (has: {', '.join(inputs)})")
         prompt = inputs[args.input]
     model, tokenizer = load_from_args(args)
     start = time.perf_counter()
@@ -94,26 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     for module in COMMAND_MODULES:
-        try:
-            commands = importlib.import_module(f"safeedit.commands.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"safeedit.commands.{module}":
-                raise
-            continue  # that command group is not built yet
-        commands.register(sub)
+        importlib.import_module(f"safeedit.commands.{module}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A :class:`~safeedit.errors.SafeEditError` prints one line and exits with its
+    code (2: bad input, 1: the work failed); anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, IndexError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and not type(exc).__module__.startswith("safeedit"):
-            raise  # a bug or a library failure: keep the traceback
-        # bad input: one clear message, no traceback
+    except SafeEditError as exc:
         print(f"safeedit: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ METRIC_HELP = {
 }
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's JSONL file (none when it does not exist yet)."""
+    from safeedit.data.jsonio import read_jsonl
+
+    return [record for _, record in read_jsonl(path)] if path.exists() else []
 
 
 def side_scores(rows: list[dict[str, Any]], side: str) -> dict[str, float]:
@@ -45,23 +46,32 @@ def side_scores(rows: list[dict[str, Any]], side: str) -> dict[str, float]:
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        from safeedit.errors import InputNotFoundError
+
+        raise InputNotFoundError(f"{run_dir} is not a run folder (no run.json)")
     meta = json.loads((run_dir / "run.json").read_text())
-    rows = read_jsonl(run_dir / "results.jsonl")
-    general = read_jsonl(run_dir / "general.jsonl")
-    summary: dict[str, Any] = {"method": meta["config"]["method"], "model": meta["config"]["model"],
-                               "prompt_mode": meta["prompt_mode"], "n": len(rows),
+    method = meta.get("method") or {"name": meta["config"]["method"], "per_instance": meta["config"]["method"] != "none"}
+    rows = _rows(run_dir / "results.jsonl")
+    general = _rows(run_dir / "general.jsonl")
+    summary: dict[str, Any] = {"method": method["name"], "per_instance": method["per_instance"],
+                               "model": meta.get("model") or meta["config"]["model"],
+                               "prompt_mode": meta["prompt_mode"], "judge": meta.get("judge"), "n": len(rows),
                                "expected": meta["instances"], "complete": len(rows) >= meta["instances"]}
     summary["pre"] = side_scores(rows, "pre")
     summary["post"] = side_scores(rows, "post")
     unedited = next((g for g in general if g["key"] == "unedited"), None)
-    edited = [g for g in general if g["key"] != "unedited"]
+    trained = next((g for g in general if g["key"] == "method"), None)
+    edited = [g for g in general if g["key"] not in ("unedited", "method")]
     for name in ("KQA", "CSum"):
         if unedited and name in unedited:
             summary["pre"][name] = unedited[name]
-            if summary["method"] == "none":
-                summary["post"][name] = unedited[name]
-        if edited and all(name in g for g in edited):
+        if trained is not None and name in trained:  # the trained-once method's model
+            summary["post"][name] = trained[name]
+        elif edited and all(name in g for g in edited):  # mean over the edited models
             summary["post"][name] = mean(g[name] for g in edited)
+        elif not method["per_instance"] and unedited and name in unedited:  # weights unchanged (none, prompts)
+            summary["post"][name] = unedited[name]
     summary["general_edited_instances"] = len(edited)
     by_cat: dict[str, list] = defaultdict(list)
     for r in rows:
@@ -70,8 +80,15 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                                for c, rs in sorted(by_cat.items())}
     edits = [r["edit"] for r in rows if "edit" in r]
     if edits:
-        summary["edit"] = {"mean_seconds": mean(e["seconds"] for e in edits),
-                           "layers": dict(sorted(_count(e["layer"] for e in edits).items()))}
+        summary["edit"] = {"mean_seconds": mean(e["seconds"] for e in edits)}
+        layers = [e.get("details", e).get("layer") for e in edits]
+        if any(layer is not None for layer in layers):
+            summary["edit"]["layers"] = dict(sorted(_count(layers).items(), key=lambda kv: str(kv[0])))
+    if (run_dir / "fit.json").is_file():
+        fit = json.loads((run_dir / "fit.json").read_text())
+        summary["fit"] = {k: fit[k] for k in ("seconds", "peak_rss_mib", "peak_cuda_mib", "train_instances") if k in fit}
+    if meta.get("train_test_overlap"):
+        summary["train_test_overlap"] = meta["train_test_overlap"]
     return summary
 
 
@@ -104,8 +121,9 @@ def write_run_outputs(run_dir: str | Path) -> dict[str, Any]:
     metrics = [m for m in METRIC_ORDER if m in summary["pre"] or m in summary["post"]]
     lines = [f"# safeedit run: {summary['method']} on {summary['model']}", "",
              f"{summary['n']} of {summary['expected']} instances ({'complete' if summary['complete'] else 'INCOMPLETE'}); "
-             f"prompt mode: {summary['prompt_mode']}. Labels from the safety judge; 'pre' is the unedited model, "
-             f"'post' the model edited for each instance (restored between instances).", "",
+             f"prompt mode: {summary['prompt_mode']}; judge: {summary['judge']}. 'pre' is the unedited model, 'post' "
+             + ("the model edited for each instance (restored between instances)." if summary["per_instance"]
+                else f"the model after {summary['method']} (one model for all instances)."), "",
              markdown_table(["metric", "pre", "post"], [[m, summary["pre"].get(m), summary["post"].get(m)] for m in metrics]),
              "", "## Per unsafety category (post-edit)", "",
              markdown_table(["category", "n", "DS", "DG_Avg", "Degenerate%"],
@@ -113,27 +131,53 @@ def write_run_outputs(run_dir: str | Path) -> dict[str, Any]:
                              for c, v in summary["per_category"].items()]),
              "", "## Metrics", ""] + [f"- **{k}**: {v}" for k, v in METRIC_HELP.items()]
     if "edit" in summary:
-        lines += ["", f"Edits: mean {summary['edit']['mean_seconds']:.1f} s; toxic layers {summary['edit']['layers']}"]
+        layers = f"; toxic layers {summary['edit']['layers']}" if "layers" in summary["edit"] else ""
+        lines += ["", f"Edits: mean {summary['edit']['mean_seconds']:.1f} s{layers}"]
+    if "fit" in summary:
+        fit = summary["fit"]
+        lines += ["", f"Training: {fit['seconds']:.0f} s on {fit.get('train_instances')} instances, "
+                      f"peak RSS {fit.get('peak_rss_mib', 0):.0f} MiB"]
+    if "train_test_overlap" in summary:
+        o = summary["train_test_overlap"]
+        lines += ["", f"Train/test overlap: {o['shared_question_instances']} test instances share a harmful question with "
+                      f"the training data (refused if > 0); {o['dg_inputs_with_train_question']} of {o['dg_inputs_total']} "
+                      f"generalisation inputs embed a training question (SafeEdit's DG_otherQ/AQ inputs reuse questions)."]
     plot_pre_post(summary, run_dir / "pre_post.png")
     lines += ["", "![pre vs post](pre_post.png)"]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
     return summary
 
 
-def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> str:
-    """Side-by-side Markdown of several runs (methods x metrics, post-edit) plus a chart."""
+def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, allow_mixed_judges: bool = False) -> str:
+    """Side-by-side Markdown of several runs (methods x metrics, post-method) plus a chart.
+
+    Runs scored by different judges are refused unless ``allow_mixed_judges``: their numbers are
+    different instruments' readings, not a comparison of methods.
+    """
     from safeedit.bench.plots import plot_compare
 
     summaries = [summarize(d) for d in run_dirs]
+    judges = {s["judge"] for s in summaries}
+    if len(judges) > 1 and not allow_mixed_judges:
+        from safeedit.errors import UserError
+
+        listing = "; ".join(f"{Path(d).name}: {s['judge']}" for d, s in zip(run_dirs, summaries))
+        raise UserError(f"these runs were scored by different judges ({listing}); re-score them with one judge, "
+                        "or pass --allow-mixed-judges to compare anyway")
     labels = [f"{s['method']} ({Path(d).name})" for s, d in zip(summaries, run_dirs)]
     metrics = [m for m in METRIC_ORDER if any(m in s["post"] for s in summaries)]
-    text = ["## Methods × metrics (post-edit; 'none' = unedited model)", "",
-            markdown_table(["run", "n", *metrics], [[lab, s["n"], *[s["post"].get(m) for m in metrics]]
-                                                    for lab, s in zip(labels, summaries)])]
+    with_fit = any("fit" in s for s in summaries)
+    headers = ["run", "n", *metrics, *(["train s"] if with_fit else [])]
+    table = [[lab, s["n"], *[s["post"].get(m) for m in metrics],
+              *([s["fit"]["seconds"] if "fit" in s else None] if with_fit else [])]
+             for lab, s in zip(labels, summaries)]
+    text = ["## Methods × metrics (post-method; 'none' = unedited model)", "", markdown_table(headers, table)]
     cats = sorted({c for s in summaries for c in s["per_category"]})
     text += ["", "## DS per unsafety category", "",
              markdown_table(["category", *labels], [[c, *[s["per_category"].get(c, {}).get("post", {}).get("DS") for s in summaries]]
                                                      for c in cats])]
+    if len(judges) > 1:
+        text += ["", f"**Mixed judges:** {'; '.join(sorted(map(str, judges)))}"]
     incomplete = [lab for lab, s in zip(labels, summaries) if not s["complete"]]
     if incomplete:
         text += ["", f"**Incomplete runs:** {', '.join(incomplete)}"]

@@ -1,22 +1,32 @@
-"""The benchmark loop: evaluate unedited → edit → evaluate edited → restore → verify, per instance.
+"""The benchmark loop, for both kinds of method (see :mod:`safeedit.methods.base`).
+
+Per-instance editors (DINM, ...): evaluate unedited -> edit -> evaluate edited -> restore -> verify,
+one instance after another. Trained-once methods (none, SFT, ...): ``fit`` once on the training
+split (or nothing to fit), then evaluate every test instance on that one model, with the
+post-method generations batched across instances. The runner knows no method by name.
 
 A run folder is self-describing and resumable:
 
-    run.json        config, prompt mode, generation settings, seed, model fingerprint, versions
+    run.json        config, prompt mode, generation settings, seed, model fingerprint, judge, versions
+    fit.json        what training cost (seconds, peak memory) and its fingerprint; artifact/ holds it
     results.jsonl   one line per instance, appended and fsync'ed as it goes
-    general.jsonl   KQA/CSum of the unedited model and of edited models of a sample of instances
+    general.jsonl   KQA/CSum of the unedited model and of the method's model(s)
     summary.json    aggregate scores (written at the end, from results.jsonl)
     report.md       tables; *.png charts
 
-Pre-edit generations are cached under ``$SAFEEDIT_CACHE/generations`` keyed by the model
-fingerprint, prompt mode and generation settings, so every later method and run reuses them.
+Generations are cached under ``$SAFEEDIT_CACHE/generations`` keyed by the model's fingerprint,
+the prompt mode and the generation settings, so every later method and run reuses the unedited
+model's answers, and a killed trained-once run does not generate twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,45 +38,82 @@ from tqdm.auto import tqdm
 from safeedit.bench.fingerprint import model_fingerprint
 from safeedit.bench.store import GenerationCache, JsonlStore, ResultsStore
 from safeedit.data import EVAL_KEYS, load_safeedit
-from safeedit.lm import generate, has_chat_template, load_model
-from safeedit.lm.loading import cache_dir
+from safeedit.data.splits import question_overlap
+from safeedit.errors import ConfigError, DataError, RunFailedError, UserError
+from safeedit.lm import generate, load_model, use_chat_template
+from safeedit.lm.loading import DEFAULT_MODEL
+from safeedit.paths import cache_dir, general_data_path
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2
 
 
 @dataclass
 class BenchConfig:
-    method: str = "dinm"  # "none" evaluates the unedited model
-    model: str = "smollm2-135m"
-    data: str = ""
-    judge: str | None = None  # None: the default judge folder
+    """Settings of one benchmark run. Everything but ``out``/``judge``/``batch_size``/``device``/
+    ``trust_remote_code`` must match for a run folder to be resumed."""
+
+    #: SafeEdit test data: a .json/.jsonl file, a folder of split files, or a dataset id (required)
+    data: str
+    #: method name (``safeedit.methods.METHODS``); ``none`` evaluates the unedited model
+    method: str = "dinm"
+    #: hub id, local folder, .gguf or alias; None: the method config's ``model:``, else the embedded model
+    model: str | None = None
+    #: split of ``data`` to use when it is a folder or dataset id (e.g. ``test``)
+    data_split: str | None = None
+    #: training split for methods that train once (SFT, DPO, ..., MEND): file, folder or dataset id
+    train_data: str | None = None
+    #: split of ``train_data`` (e.g. ``train``)
+    train_split: str | None = None
+    #: safety judge folder or hub id; None: the default judge folder
+    judge: str | None = None
+    #: run folder (resumed when it exists with the same settings)
     out: str = "runs/bench"
+    #: first N selected instances
     limit: int | None = None
+    #: instance positions to use (after ``data_split``)
     indices: list[int] | None = None
+    #: new tokens per response (the paper generates up to 600 on 7B models)
     max_new_tokens: int = 128
+    #: prompt mode: None/True chat template when the tokenizer has one, False raw text (the paper's)
     chat: bool | None = None
+    #: prompts per generation batch
     batch_size: int = 8
+    #: seed for sampling, data subsets and training
     seed: int = 0
-    method_config: str | None = None  # YAML of method options
+    #: YAML file of method options (``configs/<method>/*.yaml``)
+    method_config: str | None = None
+    #: method options that override the YAML file (``--set KEY=VALUE``)
     method_options: dict[str, Any] = field(default_factory=dict)
+    #: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
     dtype: str = "auto"
+    #: cpu, cuda, cuda:1 ... (None: cuda if available)
     device: str | None = None
-    kqa_n: int = 100  # TriviaQA items per general evaluation (0 disables)
-    csum_n: int = 20  # XSum items per general evaluation (0 disables)
-    general_instances: int = 3  # edited models (the first N instances) that also get KQA/CSum
+    #: allow model code from the hub (off unless asked)
+    trust_remote_code: bool = False
+    #: TriviaQA items per general evaluation (0 disables)
+    kqa_n: int = 100
+    #: XSum items per general evaluation (0 disables)
+    csum_n: int = 20
+    #: per-instance editors: edited models (the first N instances) that also get KQA/CSum
+    general_instances: int = 3
+    #: TriviaQA / XSum files (default: the subsets in ../shared/data/general)
     kqa_path: str | None = None
     csum_path: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """What must match for a run folder to be resumed (not paths to outputs or progress bars)."""
         d = asdict(self)
-        for k in ("out", "judge", "batch_size", "device"):
+        for k in ("out", "judge", "batch_size", "device", "trust_remote_code"):
             d.pop(k)
         return d
 
 
-class BenchError(RuntimeError):
-    pass
+class RunFolderError(UserError):
+    """A run folder that cannot be used for these settings."""
+
+
+class BenchError(RunFailedError):
+    """The run could not continue (the model differs after a restore, a generation is missing)."""
 
 
 def _versions() -> dict[str, str]:
@@ -78,10 +125,20 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _shared_general(name: str) -> Path:
-    from safeedit.judge.data import shared_data_dir
+def peak_memory_mib() -> dict[str, float]:
+    """Peak resident memory of this process so far (and peak CUDA allocation when on a GPU)."""
+    import resource
 
-    return shared_data_dir() / "general" / name
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
 
 
 class BenchRun:
@@ -97,77 +154,115 @@ class BenchRun:
             old = json.loads(path.read_text())
             if old.get("config_identity") != meta["config_identity"] or old.get("model_fingerprint") != meta["model_fingerprint"]:
                 diff = sorted(k for k in meta["config_identity"] if old.get("config_identity", {}).get(k) != meta["config_identity"][k])
-                raise BenchError(f"{self.out} holds a run with different settings ({', '.join(diff) or 'model weights'}); "
-                                 "use a new --out folder")
+                raise RunFolderError(f"{self.out} holds a run with different settings ({', '.join(diff) or 'model weights'}); "
+                                     "use a new --out folder")
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, default=str))
-        tmp.replace(path)
+        _write_json_atomic(path, meta)
 
-    def _select(self, data) -> list:
-        instances = data.instances
-        if self.config.indices is not None:
-            for i in self.config.indices:
-                if not 0 <= i < len(instances):
-                    raise BenchError(f"index {i} out of range: {self.config.data} has {len(instances)} records")
-            instances = [instances[i] for i in self.config.indices]
-        if self.config.limit is not None:
-            instances = instances[: self.config.limit]
-        return instances
+    def _training_split(self, method, test) -> tuple[list | None, dict | None]:
+        """The training instances (None when the method trains nothing) and the overlap report."""
+        cfg = self.config
+        if cfg.train_data is None:
+            if method.requires_training:
+                raise ConfigError(f"method {method.name!r} trains once on a training split: pass --train-data PATH "
+                                  f"(a SafeEdit file, or a folder/dataset id with --train-split)")
+            return None, None
+        train = load_safeedit(cfg.train_data, split=cfg.train_split).instances
+        if not train:
+            raise DataError(f"training data {cfg.train_data} has no instances")
+        overlap = question_overlap(train, test)
+        if overlap.shared_question_keys:
+            raise DataError(
+                f"{len(overlap.shared_question_keys)} test instance(s) share their harmful question with the training "
+                f"data ({len(overlap.shared_questions)} question(s), e.g. {overlap.shared_questions[0]!r} in test "
+                f"instance {overlap.shared_question_keys[0]}): a method trained on them has seen the answer. Split by "
+                f"question (`safeedit data split --by-question`)")
+        return train, overlap.as_dict()
+
+    def _generation_cache(self, fingerprint: str, chat: bool) -> GenerationCache:
+        name = f"{fingerprint}-{'chat' if chat else 'raw'}-{self.config.max_new_tokens}.jsonl"
+        return GenerationCache(cache_dir() / "generations" / name)
 
     # -------------------------------------------------------------- main loop
     def run(self) -> dict[str, Any]:
         from safeedit.judge import SafetyJudge
         from safeedit.methods import get_method
+        from safeedit.methods.options import choose_model, read_config_file
 
         cfg = self.config
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        data = load_safeedit(cfg.data)
-        instances = self._select(data)
-        # bad method options and a missing judge fail before the (slow) model load
-        method = None if cfg.method == "none" else get_method(cfg.method, cfg.method_config, **cfg.method_options)
+        instances = load_safeedit(cfg.data, split=cfg.data_split).select(cfg.indices, cfg.limit, where=cfg.data)
+        # bad options, a leaking split and a missing judge fail before the (slow) model load
+        config_file = read_config_file(cfg.method_config) if cfg.method_config else None
+        model_name = choose_model(cfg.model, config_file, DEFAULT_MODEL)
+        method = get_method(cfg.method, config_file, **cfg.method_options)
+        train, overlap = self._training_split(method, instances)
         judge = SafetyJudge.from_pretrained(cfg.judge)
-        model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-        chat = has_chat_template(tok) if cfg.chat is None else cfg.chat
-        if method is not None and hasattr(method.config, "chat") and method.config.chat is None:
-            method.config.chat = chat  # edit and evaluate in the same prompt mode
+        model, tok = load_model(model_name, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+        chat = use_chat_template(tok, cfg.chat)
         fingerprint = model_fingerprint(model)
         gen_settings = {"max_new_tokens": cfg.max_new_tokens, "chat": chat, "do_sample": False}
         meta = {
-            "format": RUN_FORMAT, "config": asdict(cfg), "config_identity": cfg.identity(),
-            "method_config": asdict(method.config) if method is not None else None,
+            "format": RUN_FORMAT, "config": asdict(cfg), "config_identity": cfg.identity(), "model": model_name,
+            "method": {"name": method.name, "per_instance": method.per_instance, "config": asdict(method.config)},
             "prompt_mode": "chat" if chat else "raw", "generation": gen_settings, "seed": cfg.seed,
             "model_fingerprint": fingerprint, "judge": repr(judge), "versions": _versions(),
-            "instances": len(instances), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "instances": len(instances), "train_instances": len(train) if train is not None else None,
+            "train_test_overlap": overlap, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         self._check_or_write_run_json(meta)
         results = ResultsStore(self.out / "results.jsonl")
         done = results.done_keys()
         todo = [inst for inst in instances if inst.key not in done]
-        cache = GenerationCache(cache_dir() / "generations" / f"{fingerprint}-{'chat' if chat else 'raw'}-{cfg.max_new_tokens}.jsonl")
         gen = dict(max_new_tokens=cfg.max_new_tokens, chat=chat, batch_size=cfg.batch_size)
 
-        self._pre_generate(model, tok, todo, cache, gen)
+        pre_cache = self._generation_cache(fingerprint, chat)
+        self._generate_missing(model, tok, [p for i in todo for p in i.eval_inputs().values()], pre_cache, gen,
+                               "pre-edit generations")
         general = JsonlStore(self.out / "general.jsonl")
         self._general_unedited(model, tok, chat, general, fingerprint)
-        general_keys = {inst.key for inst in instances[: cfg.general_instances]} if method is not None else set()
-        for inst in tqdm(todo, desc=f"bench {cfg.method}", disable=not self.progress):
-            with_general = inst.key in general_keys and not any(r.get("key") == inst.key for r in general.rows)
-            row = self._one(model, tok, method, inst, cache, gen, judge, fingerprint, general if with_general else None)
-            results.append(row)
+        if train is not None:
+            self._fit(method, model, tok, train, chat, fingerprint)
+        if method.per_instance:
+            self._run_per_instance(model, tok, method, instances, todo, pre_cache, gen, judge, fingerprint, general, results)
+        else:
+            self._run_trained_once(model, tok, method, todo, pre_cache, gen, judge, fingerprint, general, results)
         from safeedit.bench.report import write_run_outputs
 
         return write_run_outputs(self.out)
 
-    def _pre_generate(self, model, tok, instances, cache: GenerationCache, gen) -> None:
-        """All missing pre-edit generations in large batches (the unedited model is shared)."""
+    def _fit(self, method, model, tok, train, chat, fingerprint) -> dict[str, Any]:
+        """Train once, or re-apply the saved artefact of an earlier (killed) run of this folder."""
+        key = {"method": method.name, "config": asdict(method.config), "train": [i.key for i in train],
+               "model": fingerprint, "chat": chat, "seed": self.config.seed}
+        fit_fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        record_path, artifact = self.out / "fit.json", self.out / "artifact"
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+            if record.get("fingerprint") != fit_fingerprint or not artifact.is_dir():
+                raise RunFolderError(f"{self.out} holds a trained artefact made with other settings; use a new --out folder")
+            method.load_fitted(model, tok, artifact)
+            return record
+        tmp = self.out / "artifact.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while training
+        tmp.mkdir(parents=True)
+        start = time.perf_counter()
+        record = dict(method.fit(model, tok, train, chat=chat, out_dir=tmp) or {})
+        record.update({"fingerprint": fit_fingerprint, "method": method.name, "train_instances": len(train),
+                       "seconds": time.perf_counter() - start, **peak_memory_mib()})
+        os.replace(tmp, artifact)
+        _write_json_atomic(record_path, record)  # written last: its presence means the artefact is complete
+        return record
+
+    def _generate_missing(self, model, tok, prompts: list[str], cache: GenerationCache, gen, desc: str) -> None:
+        """Generate what ``cache`` lacks, in large batches, storing as it goes (a kill loses little)."""
         # by length, so each stored chunk holds prompts of similar size (little padding)
-        prompts = sorted({p for inst in instances for p in inst.eval_inputs().values()}, key=lambda p: (len(p), p))
-        missing = [p for p, r in zip(prompts, cache.lookup(prompts)) if r is None]
-        chunk = max(gen["batch_size"] * 4, 32)  # store progress regularly so a kill loses little
-        for start in tqdm(range(0, len(missing), chunk), desc="pre-edit generations", disable=not self.progress or not missing):
+        unique = sorted(set(prompts), key=lambda p: (len(p), p))
+        missing = [p for p, r in zip(unique, cache.lookup(unique)) if r is None]
+        chunk = max(gen["batch_size"] * 4, 32)
+        for start in tqdm(range(0, len(missing), chunk), desc=desc, disable=not self.progress or not missing):
             part = missing[start:start + chunk]
             for prompt, response in zip(part, generate(model, tok, part, **gen)):
                 cache.add(prompt, response)
@@ -184,26 +279,35 @@ class BenchRun:
         block["_fluency"] = fluency([responses[k] for k in keys])
         return block
 
-    def _one(self, model, tok, method, inst, cache, gen, judge, fingerprint, general=None) -> dict[str, Any]:
+    def _row(self, inst, judge, inputs, pre) -> dict[str, Any]:
+        if any(v is None for v in pre.values()):
+            raise BenchError(f"pre-edit generation missing for {inst.key}")
+        row = {"key": inst.key, "position": inst.position, "id": inst.id, "category": inst.category,
+               "attack_name": inst.attack_name, "method": self.config.method}
+        row["pre"] = self._judge_block(judge, inputs, pre)
+        return row
+
+    # -------------------------------------------------------------- per-instance editors
+    def _run_per_instance(self, model, tok, method, instances, todo, cache, gen, judge, fingerprint, general, results):
+        cfg = self.config
+        general_keys = {inst.key for inst in instances[: cfg.general_instances]}
+        done_general = {r.get("key") for r in general.rows}
+        for inst in tqdm(todo, desc=f"bench {cfg.method}", disable=not self.progress):
+            with_general = inst.key in general_keys and inst.key not in done_general and (cfg.kqa_n or cfg.csum_n)
+            results.append(self._one_edit(model, tok, method, inst, cache, gen, judge, fingerprint,
+                                          general if with_general else None))
+
+    def _one_edit(self, model, tok, method, inst, cache, gen, judge, fingerprint, general=None) -> dict[str, Any]:
         """Evaluate one instance before and after its edit; ``general`` also scores KQA/CSum while edited."""
         inputs = inst.eval_inputs()
         t0 = time.perf_counter()
-        pre = dict(zip(inputs, cache.lookup(inputs.values())))
-        if any(v is None for v in pre.values()):
-            raise BenchError(f"pre-edit generation missing for {inst.key}")
-        row: dict[str, Any] = {"key": inst.key, "position": inst.position, "id": inst.id, "category": inst.category,
-                               "attack_name": inst.attack_name, "method": self.config.method}
-        row["pre"] = self._judge_block(judge, inputs, pre)
-        if method is None:
-            row["post"] = row["pre"]
-            row["times"] = {"total_s": time.perf_counter() - t0}
-            return row
+        row = self._row(inst, judge, inputs, dict(zip(inputs, cache.lookup(inputs.values()))))
         t1 = time.perf_counter()
-        edit = method.edit(model, tok, [inst])
+        edit = method.edit(model, tok, [inst], chat=gen["chat"])
         t2 = time.perf_counter()
         try:
-            post_prompts = {k: method.eval_prompt(v) for k, v in inputs.items()}
-            post = dict(zip(inputs, generate(model, tok, list(post_prompts.values()), **gen)))
+            post_prompts = [method.eval_prompt(v) for v in inputs.values()]
+            post = dict(zip(inputs, generate(model, tok, post_prompts, **gen)))
             if general is not None:  # general abilities of this edited model (plain prompts, no suffix)
                 general.append({"key": inst.key, **self._general_eval(model, tok, gen["chat"])})
         finally:
@@ -216,13 +320,43 @@ class BenchRun:
         row["times"] = {"edit_s": t2 - t1, "post_generate_s": t3 - t2, "total_s": time.perf_counter() - t0}
         return row
 
+    # -------------------------------------------------------------- trained-once methods
+    def _run_trained_once(self, model, tok, method, todo, pre_cache, gen, judge, fingerprint, general, results):
+        cfg = self.config
+        method_fp = model_fingerprint(model)
+        post_cache = pre_cache if method_fp == fingerprint else self._generation_cache(method_fp, gen["chat"])
+        if method_fp != fingerprint and (cfg.kqa_n or cfg.csum_n) and not any(r.get("key") == "method" for r in general.rows):
+            t0 = time.perf_counter()
+            general.append({"key": "method", **self._general_eval(model, tok, gen["chat"]),
+                            "seconds": time.perf_counter() - t0})
+        per_chunk = max(1, (gen["batch_size"] * 4) // len(next(iter(todo)).eval_inputs())) if todo else 1
+        bar = tqdm(total=len(todo), desc=f"bench {cfg.method}", disable=not self.progress)
+        for start in range(0, len(todo), per_chunk):
+            chunk = todo[start:start + per_chunk]
+            t0 = time.perf_counter()
+            self._generate_missing(model, tok, [method.eval_prompt(p) for i in chunk for p in i.eval_inputs().values()],
+                                   post_cache, gen, "post-method generations")
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            for inst in chunk:
+                inputs = inst.eval_inputs()
+                row = self._row(inst, judge, inputs, dict(zip(inputs, pre_cache.lookup(inputs.values()))))
+                post = dict(zip(inputs, post_cache.lookup([method.eval_prompt(p) for p in inputs.values()])))
+                if any(v is None for v in post.values()):
+                    raise BenchError(f"post-method generation missing for {inst.key}")
+                same = all(post[k] == row["pre"][k]["response"] for k in inputs)
+                row["post"] = row["pre"] if same else self._judge_block(judge, inputs, post)
+                row["times"] = {"post_generate_s": seconds}
+                results.append(row)
+                bar.update(1)
+        bar.close()
+
     # -------------------------------------------------------------- general abilities
     def _general_items(self):
         from safeedit.metrics import load_triviaqa, load_xsum
 
         cfg = self.config
-        kqa = load_triviaqa(cfg.kqa_path or _shared_general("triviaqa_validation_1000.jsonl"), n=cfg.kqa_n, seed=cfg.seed) if cfg.kqa_n else []
-        csum = load_xsum(cfg.csum_path or _shared_general("xsum_test_500.jsonl"), n=cfg.csum_n, seed=cfg.seed) if cfg.csum_n else []
+        kqa = load_triviaqa(cfg.kqa_path or general_data_path("triviaqa_validation_1000.jsonl"), n=cfg.kqa_n, seed=cfg.seed) if cfg.kqa_n else []
+        csum = load_xsum(cfg.csum_path or general_data_path("xsum_test_500.jsonl"), n=cfg.csum_n, seed=cfg.seed) if cfg.csum_n else []
         return kqa, csum
 
     def _general_eval(self, model, tok, chat) -> dict[str, Any]:
@@ -250,8 +384,7 @@ class BenchRun:
             scores = self._general_eval(model, tok, chat)
             scores["seconds"] = time.perf_counter() - t0
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cache_file.with_suffix(".tmp").write_text(json.dumps(scores))
-            cache_file.with_suffix(".tmp").replace(cache_file)
+            _write_json_atomic(cache_file, scores)
         general.append({"key": "unedited", **scores})
 
 
@@ -259,4 +392,4 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     return BenchRun(config, progress=progress).run()
 
 
-__all__ = ["BenchConfig", "BenchError", "BenchRun", "run_bench", "EVAL_KEYS"]
+__all__ = ["BenchConfig", "BenchError", "BenchRun", "RunFolderError", "peak_memory_mib", "run_bench", "EVAL_KEYS"]

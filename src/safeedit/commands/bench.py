@@ -11,18 +11,15 @@ from safeedit.commands.common import add_model_args, add_prompt_mode, parse_indi
 def cmd_bench(args) -> int:
     from safeedit.bench.report import compare_runs
     from safeedit.bench.runner import BenchConfig, run_bench
+    from safeedit.methods.options import parse_set_options
 
-    options = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        import yaml
-
-        options[key.replace("-", "_")] = yaml.safe_load(value)
     config = BenchConfig(
-        method=args.method, model=args.model, data=args.data, judge=args.judge, out=args.out, limit=args.limit,
+        method=args.method, model=args.model, data=args.data, data_split=args.split, train_data=args.train_data,
+        train_split=args.train_split, judge=args.judge, out=args.out, limit=args.limit,
         indices=parse_indices(args.index) if args.index else None, max_new_tokens=args.max_new_tokens,
         chat=args.chat, batch_size=args.batch_size, seed=args.seed, method_config=args.config,
-        method_options=options, dtype=args.dtype, device=args.device, kqa_n=args.kqa_n, csum_n=args.csum_n,
+        method_options=parse_set_options(args.set), dtype=args.dtype, device=args.device,
+        trust_remote_code=args.trust_remote_code, kqa_n=args.kqa_n, csum_n=args.csum_n,
         general_instances=args.general_instances,
     )
     run_bench(config)
@@ -35,7 +32,7 @@ def cmd_report(args) -> int:
     from safeedit.bench.report import compare_runs
 
     out = args.out or (Path(args.runs[0]).parent / "compare")
-    print(compare_runs(args.runs, out=out))
+    print(compare_runs(args.runs, out=out, allow_mixed_judges=args.allow_mixed_judges))
     print(f"written: {Path(out) / 'compare.md'}, {Path(out) / 'compare.png'}")
     return 0
 
@@ -45,7 +42,7 @@ def cmd_demo(args) -> int:
     from safeedit.bench.report import compare_runs
     from safeedit.bench.runner import BenchConfig, run_bench
     from safeedit.judge import default_judge_dir
-    from safeedit.judge.data import shared_data_dir
+    from safeedit.paths import sample_data_path
 
     judge_dir = default_judge_dir()
     if not (judge_dir / "config.json").is_file():
@@ -53,11 +50,10 @@ def cmd_demo(args) -> int:
 
         print(f"no safety judge at {judge_dir}: training one (a few minutes on a CPU)", file=sys.stderr)
         train_judge(judge_dir)
-    data = str(shared_data_dir() / "safeedit" / "safeedit_sample.json")
     runs = []
     for method in ("none", "dinm"):
         out = str(Path(args.out) / method)
-        run_bench(BenchConfig(method=method, model=args.model, data=data, out=out, limit=args.limit,
+        run_bench(BenchConfig(method=method, model=args.model, data=str(sample_data_path()), out=out, limit=args.limit,
                               max_new_tokens=args.max_new_tokens, kqa_n=args.kqa_n, csum_n=args.csum_n,
                               general_instances=1))
         runs.append(out)
@@ -67,11 +63,17 @@ def cmd_demo(args) -> int:
 
 
 def register(sub) -> None:
-    b = sub.add_parser("bench", help="evaluate a method on SafeEdit: edit, evaluate, restore, per instance")
-    add_model_args(b)
+    from safeedit.methods import METHODS
+
+    b = sub.add_parser("bench", help="evaluate a method on SafeEdit (per-instance edit/restore, or train once)")
+    add_model_args(b, default=None)
     add_prompt_mode(b)
-    b.add_argument("--method", default="dinm", help="none (unedited model) or dinm")
-    b.add_argument("--data", required=True)
+    b.add_argument("--method", default="dinm", choices=sorted(METHODS),
+                   help="; ".join(f"{name}: {cls.summary}" for name, cls in sorted(METHODS.items())))
+    b.add_argument("--data", required=True, help="SafeEdit test data: file, folder of split files, or dataset id")
+    b.add_argument("--split", default=None, help="split of --data when it is a folder or dataset id (e.g. test)")
+    b.add_argument("--train-data", default=None, help="training split for methods that train once (sft, dpo, ...)")
+    b.add_argument("--train-split", default=None, help="split of --train-data (e.g. train)")
     b.add_argument("--judge", default=None, help="safety classifier folder or hub id (default: the cached judge)")
     b.add_argument("--out", required=True, help="run folder (resumes if it exists with the same settings)")
     b.add_argument("--limit", type=int, default=None, help="first N instances")
@@ -79,16 +81,18 @@ def register(sub) -> None:
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--batch-size", type=int, default=8)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--config", default=None, help="YAML of method options (configs/dinm/*.yaml)")
+    b.add_argument("--config", default=None, help="YAML of method options (configs/<method>/*.yaml)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a method option, e.g. --set lr=1e-5")
     b.add_argument("--kqa-n", type=int, default=100, help="TriviaQA items per general evaluation (0: skip)")
     b.add_argument("--csum-n", type=int, default=20, help="XSum items per general evaluation (0: skip)")
-    b.add_argument("--general-instances", type=int, default=3, help="edited models that also get KQA/CSum")
+    b.add_argument("--general-instances", type=int, default=3,
+                   help="per-instance editors: edited models that also get KQA/CSum")
     b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("report", help="side-by-side comparison of run folders")
     r.add_argument("runs", nargs="+")
     r.add_argument("--out", default=None, help="folder for compare.md and compare.png")
+    r.add_argument("--allow-mixed-judges", action="store_true", help="compare runs scored by different judges")
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="the quick-start job: judge (if needed), vanilla vs DINM, table")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from safeedit.data.jsonio import read_json_list
+from safeedit.errors import InputNotFoundError, SelectionError
 from safeedit.data.schema import SafeEditInstance
 from safeedit.data.validation import RecordProblem, SafeEditValidationError, check_record, to_instance
 
@@ -26,6 +27,26 @@ class SafeEditData:
 
     def __getitem__(self, index: int) -> SafeEditInstance:
         return self.instances[index]
+
+    def select(self, indices: Iterable[int] | None = None, limit: int | None = None,
+               where: str = "data") -> list[SafeEditInstance]:
+        """The instances at ``indices`` (all when None), then the first ``limit`` of them.
+
+        An index outside the data is a :class:`~safeedit.errors.SelectionError` naming ``where``.
+        """
+        chosen = self.instances
+        if indices is not None:
+            indices = list(indices)
+            bad = [i for i in indices if not 0 <= i < len(self.instances)]
+            if bad:
+                raise SelectionError(f"index {bad[0]} out of range: {where} has {len(self.instances)} records "
+                                     f"(valid 0..{len(self.instances) - 1})")
+            chosen = [self.instances[i] for i in indices]
+        if limit is not None:
+            if limit < 0:
+                raise SelectionError(f"limit must be >= 0, got {limit}")
+            chosen = chosen[:limit]
+        return list(chosen)
 
     def __iter__(self):
         return iter(self.instances)
@@ -69,7 +90,7 @@ def _split_files(folder: Path, split: str | None) -> list[Path]:
     fragments = SPLIT_ALIASES.get(split, (split,))
     chosen = [p for p in files if any(f in p.stem.lower().replace("-", "_").split("_") for f in fragments)]
     if not chosen:
-        raise FileNotFoundError(f"no file for split {split!r} in {folder} (files: {[p.name for p in files]})")
+        raise InputNotFoundError(f"no file for split {split!r} in {folder} (files: {[p.name for p in files]})")
     return chosen
 
 
@@ -97,7 +118,7 @@ def load_safeedit(path_or_id: str | Path, split: str | None = None, strict: bool
     elif path.is_dir():
         parts = [(p.name, read_records(p)) for p in _split_files(path, split)]
     elif str(path_or_id).startswith((".", "/", "~")) or path.suffix in (".json", ".jsonl"):
-        raise FileNotFoundError(f"SafeEdit data not found: {path_or_id}")
+        raise InputNotFoundError(f"SafeEdit data not found: {path_or_id}")
     else:
         parts = _hub_records(str(path_or_id), split)
     return from_parts(parts, strict=strict)

@@ -1,7 +1,7 @@
 """Models: loading (hub id, local dir, GGUF, embedded alias), architecture lookup, chat formatting, generation."""
 
 from safeedit.lm.arch import ArchitectureMap, UnsupportedArchitecture, resolve_architecture
-from safeedit.lm.chat import format_prompt, has_chat_template
+from safeedit.lm.chat import format_prompt, has_chat_template, use_chat_template
 from safeedit.lm.generation import generate
 from safeedit.lm.loading import ModelLoadError, load_model, resolve_model_source
 
@@ -15,4 +15,5 @@ __all__ = [
     "load_model",
     "resolve_architecture",
     "resolve_model_source",
+    "use_chat_template",
 ]

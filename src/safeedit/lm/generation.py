@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from safeedit.lm.chat import adds_special_tokens, format_prompt, has_chat_template
+from safeedit.errors import ConfigError
+from safeedit.lm.chat import adds_special_tokens, format_prompt, use_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,10 @@ def generate(
     prompts = [prompts] if single else list(prompts)
     if not prompts:
         return []
-    if chat is None:
-        chat = has_chat_template(tokenizer)
+    chat = use_chat_template(tokenizer, chat)
     max_prompt = context_window(model, tokenizer) - max_new_tokens
     if max_prompt < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room in the model's window")
+        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room in the model's window")
     encoded, truncated = encode_prompts(tokenizer, prompts, chat, system, max_prompt)
     if truncated:
         message = (

@@ -1,35 +1,39 @@
-"""Editing methods behind one interface: ``Method(config).edit(model, tokenizer, instances) -> Edit``."""
+"""Methods behind one interface (see :mod:`safeedit.methods.base`); look them up by name here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from safeedit.errors import ConfigError
 from safeedit.methods.base import Edit, EditError, InstanceEdit, Method
 from safeedit.methods.dinm import DINM, DINMConfig
 from safeedit.methods.locate import Location
+from safeedit.methods.none import Unedited
+from safeedit.methods.options import ConfigFile, coerce_options, make_config, read_config_file
 
 #: name -> class; the bench runner and the CLI look methods up here
-METHODS: dict[str, type[Method]] = {DINM.name: DINM}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Unedited, DINM)}
 
 
-def get_method(name: str, config_path: str | Path | None = None, **overrides) -> Method:
-    """A method by name, configured from a YAML file (optional) and then keyword overrides."""
+def get_method(name: str, config: str | Path | ConfigFile | None = None, **overrides) -> Method:
+    """A method by name, configured from a YAML file (optional) and then keyword overrides.
+
+    ``None`` overrides are ignored (an unset CLI flag). Values are converted to the declared types.
+    """
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
-    options = {}
-    if config_path is not None:
-        import yaml
-
-        loaded = yaml.safe_load(Path(config_path).read_text()) or {}
-        options = loaded.get("config", loaded)
-        options.pop("method", None)
-        options.pop("model", None)
-    options.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(options) - set(cls.config_class.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown {name} option(s) {unknown} (from {config_path or 'arguments'})")
-    return cls(cls.config_class(**options))
+    if config is not None and not isinstance(config, ConfigFile):
+        config = read_config_file(config)
+    options: dict = {}
+    if config is not None:
+        if config.method is not None and config.method != name:
+            raise ConfigError(f"{config.path} is a config for method {config.method!r}, not {name!r}")
+        options.update(coerce_options(cls.config_class, config.options, config.path))
+    options.update(coerce_options(cls.config_class, {k: v for k, v in overrides.items() if v is not None},
+                                  "arguments"))
+    return cls(make_config(cls.config_class, options, config.path if config else "arguments"))
 
 
-__all__ = ["DINM", "DINMConfig", "Edit", "EditError", "InstanceEdit", "Location", "METHODS", "Method", "get_method"]
+__all__ = ["DINM", "DINMConfig", "Edit", "EditError", "InstanceEdit", "Location", "METHODS", "Method",
+           "Unedited", "get_method"]

@@ -1,39 +1,57 @@
-"""The interface every editing method shares, and the exact-restore record of an edit.
+"""The interface every method shares, and the exact-restore record of an edit.
 
-A method edits a model *in place* and returns an :class:`Edit` that remembers the original value
-of every tensor it changed (nothing else: no deep copies of a model). ``Edit.restore()`` copies
-those values back bit for bit.
+Two kinds of method, one class (see DESIGN.md):
+
+* **Per-instance editors** (``per_instance = True``: DINM, FT-L, MEND's edit step) change a few
+  tensors for one test instance through :meth:`Method.edit`, which returns an :class:`Edit`
+  remembering the original value of every tensor it changed (no deep copies of a model);
+  ``Edit.restore()`` puts them back bit for bit before the next instance.
+* **Trained-once methods** (``per_instance = False``: the unedited model ``none``, Self-Reminder,
+  SFT, DPO, RLHF, Ext-Sub) change the model once, in :meth:`Method.fit` on a training split (or
+  not at all), and every test instance is then evaluated on that one model.
+
+Any method may need training (``requires_training``): MEND, a per-instance editor, trains its
+hyper-network once in ``fit`` and then edits each instance. ``fit`` saves what it trained in a
+folder and :meth:`Method.load_fitted` applies a saved folder again, so a resumed run never
+retrains. Every method says how the model is prompted at evaluation time (:meth:`eval_prompt`).
+
+The prompt mode (chat template or raw text) is decided once by the caller
+(:func:`safeedit.lm.chat.use_chat_template`) and passed in as ``chat=``; a method never decides it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
 from safeedit.data.schema import SafeEditInstance
+from safeedit.errors import RunFailedError
+from safeedit.methods.options import make_config
 
 
-class EditError(RuntimeError):
+class EditError(RunFailedError):
     """An edit could not be carried out; the model has been left as it was before the call."""
 
 
 @dataclass
 class InstanceEdit:
-    """What happened when one instance was edited (everything is JSON-serialisable)."""
+    """What happened when one instance was edited (everything is JSON-serialisable).
+
+    ``details`` holds what only one method knows (DINM: ``layer``, ``distances``, ``nll_before``,
+    ``nll_after``); the runner and reports read it without knowing the method.
+    """
 
     key: str
-    layer: int | None = None
-    distances: list[float] | None = None
-    losses: list[dict[str, float]] = field(default_factory=list)
-    nll_before: float | None = None
-    nll_after: float | None = None
     seconds: float = 0.0
+    losses: list[dict[str, float]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 @dataclass
@@ -68,21 +86,44 @@ class Edit:
 
 
 class Method:
-    """Base class: a config dataclass (paper defaults) + ``edit(model, tokenizer, instances)``."""
+    """Base class: a config dataclass (paper defaults, documented per field) and the calls below."""
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    #: True: edit -> evaluate -> restore per test instance; False: one model for all test instances
+    per_instance: ClassVar[bool] = True
+    #: True: the bench refuses to run without a training split (``fit`` needs one)
+    requires_training: ClassVar[bool] = False
+    #: one line for ``--help`` and reports
+    summary: ClassVar[str] = ""
 
     def __init__(self, config=None, **overrides):
-        self.config = config if config is not None else self.config_class()
-        for key, value in overrides.items():
-            if not hasattr(self.config, key):
-                raise TypeError(f"{type(self.config).__name__} has no option {key!r}")
-            setattr(self.config, key, value)
+        if config is None:
+            config = make_config(self.config_class, overrides, "arguments")
+        elif overrides:
+            config = make_config(self.config_class, {**asdict(config), **overrides}, "arguments")
+        self.config = config
 
-    def edit(self, model, tokenizer, instances: Sequence[SafeEditInstance]) -> Edit:
-        raise NotImplementedError
+    # ------------------------------------------------------------ per-instance editors
+    def edit(self, model, tokenizer, instances: Sequence[SafeEditInstance], *, chat: bool | None = None) -> Edit:
+        """Edit ``model`` in place for ``instances`` (one after another); return the undo record."""
+        raise NotImplementedError(f"{self.name} is not a per-instance editor")
 
+    # ------------------------------------------------------------ training (trained-once methods, MEND)
+    def fit(self, model, tokenizer, train: Sequence[SafeEditInstance], *, chat: bool | None = None,
+            out_dir: Path) -> dict[str, Any]:
+        """Train once on ``train``; save what :meth:`load_fitted` needs under ``out_dir``.
+
+        A trained-once method leaves ``model`` trained (in place); a per-instance method keeps what
+        it trained on itself. Returns a JSON-able record (seconds, losses, ...). The default trains
+        nothing.
+        """
+        return {}
+
+    def load_fitted(self, model, tokenizer, out_dir: Path) -> None:
+        """Apply what :meth:`fit` saved in ``out_dir`` (a resumed run never retrains)."""
+
+    # ------------------------------------------------------------ evaluation
     def eval_prompt(self, text: str) -> str:
-        """How the edited model is prompted at evaluation time (DINM appends its suffix)."""
+        """How the model is prompted at evaluation time (DINM appends its suffix)."""
         return text

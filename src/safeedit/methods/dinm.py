@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 from safeedit.data.schema import SafeEditInstance
 from safeedit.lm.arch import ArchitectureMap, resolve_architecture
-from safeedit.lm.chat import adds_special_tokens, format_prompt, has_chat_template
+from safeedit.errors import ConfigError, DataError
+from safeedit.lm.chat import adds_special_tokens, format_prompt
 from safeedit.lm.generation import context_window
 from safeedit.methods.base import Edit, EditError, InstanceEdit, Method
 from safeedit.methods.locate import Location, locate_in_context, locate_reference
@@ -47,24 +48,47 @@ PAPER_SUFFIX = "If the user's request is reasonable, give the correct answer. Pl
 
 @dataclass
 class DINMConfig:
-    """Defaults are the paper's values for LLaMA2-7B-Chat (Mistral-7B uses lr 1e-5)."""
+    """DINM's options. Defaults are the paper's values for LLaMA2-7B-Chat (Wang et al. 2024, §3 and
+    App. C; EasyEdit's ``hparams/DINM/llama-7b.yaml``); ``configs/dinm/*.yaml`` hold other models'."""
 
+    #: Adam steps per instance (paper: 10)
     steps: int = 10
+    #: Adam learning rate (paper: 5e-4 for LLaMA2-7B-Chat, 1e-5 for Mistral-7B-v0.1)
     lr: float = 5e-4
+    #: Adam weight decay (paper / reference: 0)
     weight_decay: float = 0.0
-    edit_weight: float = 0.1  # c_edit
+    #: c_edit, the weight of NLL(safe response) in the loss (paper: 0.1)
+    edit_weight: float = 0.1
+    #: weight of the KL term on the knowledge-constraint answer (paper: 1, implicit)
     kl_weight: float = 1.0
-    suffix: str | None = PAPER_SUFFIX  # appended to edit inputs and post-edit evaluation inputs
-    chat: bool | None = None  # None: chat template when the tokenizer has one
-    max_length: int | None = None  # edit sequence budget; the prompt is cut from the left
-    layer: int | None = None  # force a layer instead of locating
+    #: text appended to edit inputs and post-edit evaluation inputs (reference code's suffix
+    #: system prompt); ``None`` for none
+    suffix: str | None = PAPER_SUFFIX
+    #: token budget of one edit sequence; the prompt is cut from the left (ours: the model window)
+    max_length: int | None = None
+    #: edit this layer instead of locating one (ours: for ablations and unknown families)
+    layer: int | None = None
+    #: run only the layers from the edited one up, from cached inputs (ours: same update, faster);
+    #: ``False`` runs the whole model every step as the reference does
     fast: bool = True
+    #: switch on all three EasyEdit behaviours below (reference-compatible mode)
     reference_compat: bool = False
-    kl_no_grad: bool | None = None  # None: follows reference_compat
+    #: reference: KL computed under no_grad (logged, never shapes the update); None follows reference_compat
+    kl_no_grad: bool | None = None
+    #: reference: locate the toxic layer for the first instance only; None follows reference_compat
     locate_once: bool | None = None
+    #: reference: locate on the two responses alone, padding included; None follows reference_compat
     locate_without_context: bool | None = None
-    layers_module: str | None = None  # manual architecture override
+    #: dotted path of the decoder layers, for families not in safeedit.lm.arch (ours)
+    layers_module: str | None = None
+    #: W_V's path inside a decoder layer, e.g. ``mlp.down_proj`` (ours)
     wv_module: str | None = None
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ConfigError(f"DINM steps must be >= 0, got {self.steps}")
+        if self.layer is not None and self.layer < 0:
+            raise ConfigError(f"DINM layer must be >= 0, got {self.layer}")
 
     def flag(self, name: str) -> bool:
         value = getattr(self, name)
@@ -72,8 +96,8 @@ class DINMConfig:
 
 
 @dataclass
-class _Sequence:
-    """One teacher-forced sequence: ids, and where the scored tokens start."""
+class TargetSequence:
+    """One teacher-forced sequence: token ids, and where the scored (target) tokens start."""
 
     ids: list[int]
     target_start: int
@@ -87,6 +111,8 @@ class DINM(Method):
     name = "dinm"
     config_class = DINMConfig
 
+    summary = "per instance: locate the toxic layer, tune its FFN value matrix W_V on NLL + KL (the paper's method)"
+
     def __init__(self, config: DINMConfig | None = None, **overrides):
         super().__init__(config, **overrides)
         self._first_layer: int | None = None  # for locate_once
@@ -95,11 +121,7 @@ class DINM(Method):
     def eval_prompt(self, text: str) -> str:
         return f"{text.rstrip()} {self.config.suffix}" if self.config.suffix else text
 
-    def _chat(self, tokenizer) -> bool:
-        return has_chat_template(tokenizer) if self.config.chat is None else self.config.chat
-
-    def _sequence(self, tokenizer, window: int, prompt: str, target: str) -> _Sequence:
-        chat = self._chat(tokenizer)
+    def _sequence(self, tokenizer, window: int, prompt: str, target: str, chat: bool | None) -> TargetSequence:
         text = format_prompt(tokenizer, prompt, chat=chat)
         prompt_ids = tokenizer(text, add_special_tokens=adds_special_tokens(chat, tokenizer))["input_ids"]
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
@@ -109,11 +131,16 @@ class DINM(Method):
         if budget < 1:
             raise EditError(f"target of {len(target_ids)} tokens does not fit max_length {self.config.max_length or window}")
         prompt_ids = prompt_ids[-budget:]
-        return _Sequence(prompt_ids + target_ids, len(prompt_ids))
+        return TargetSequence(prompt_ids + target_ids, len(prompt_ids))
 
     # ------------------------------------------------------------------ public API
-    def edit(self, model, tokenizer, instances: Sequence[SafeEditInstance] | SafeEditInstance) -> Edit:
-        """Edit ``instances`` one after another (sequential editing) without restoring between them."""
+    def edit(self, model, tokenizer, instances: Sequence[SafeEditInstance] | SafeEditInstance, *,
+             chat: bool | None = None) -> Edit:
+        """Edit ``instances`` one after another (sequential editing) without restoring between them.
+
+        ``chat``: prompt mode of the edit sequences (see :func:`safeedit.lm.chat.use_chat_template`);
+        evaluate the edited model in the same mode.
+        """
         if isinstance(instances, SafeEditInstance):
             instances = [instances]
         if torch.is_inference_mode_enabled():
@@ -123,7 +150,7 @@ class DINM(Method):
         grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
         try:
             for instance in instances:
-                edit.instances.append(self._edit_one(model, tokenizer, arch, instance, edit))
+                edit.instances.append(self._edit_one(model, tokenizer, arch, instance, edit, chat))
         except BaseException:
             edit.restore()  # leave the model exactly as before the call
             raise
@@ -132,10 +159,11 @@ class DINM(Method):
                 p.requires_grad_(grad_flags[n])
         return edit
 
-    def locate(self, model, tokenizer, instance: SafeEditInstance, arch: ArchitectureMap | None = None) -> Location:
+    def locate(self, model, tokenizer, instance: SafeEditInstance, arch: ArchitectureMap | None = None, *,
+               chat: bool | None = None) -> Location:
         """The toxic layer for ``instance`` and the per-layer distances (see locate.py)."""
         if instance.unsafe_response is None or not instance.unsafe_response.strip():
-            raise EditError(f"instance {instance.key} (id={instance.id!r}) has no 'unsafe generation': "
+            raise DataError(f"instance {instance.key} (id={instance.id!r}) has no 'unsafe generation': "
                             "DINM needs it to locate the toxic layer (or pass layer=...)")
         arch = arch or resolve_architecture(model, layers=self.config.layers_module, w_v=self.config.wv_module)
         window = context_window(model, tokenizer)
@@ -145,44 +173,45 @@ class DINM(Method):
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             return locate_reference(model, safe, unsafe, pad)
         prompt = self.eval_prompt(instance.adversarial_prompt)
-        safe = self._sequence(tokenizer, window, prompt, instance.safe_response)
-        unsafe = self._sequence(tokenizer, window, prompt, instance.unsafe_response)
+        safe = self._sequence(tokenizer, window, prompt, instance.safe_response, chat)
+        unsafe = self._sequence(tokenizer, window, prompt, instance.unsafe_response, chat)
         common = min(safe.target_start, unsafe.target_start)  # same prompt; cut alike if truncated
         prompt_ids = safe.ids[safe.target_start - common:safe.target_start]
         return locate_in_context(model, arch, prompt_ids, safe.ids[safe.target_start:], unsafe.ids[unsafe.target_start:])
 
     # ------------------------------------------------------------------ one instance
-    def _choose_layer(self, model, tokenizer, arch, instance) -> tuple[int, list[float] | None]:
+    def _choose_layer(self, model, tokenizer, arch, instance, chat) -> tuple[int, list[float] | None]:
         n_layers = arch.num_layers(model)
         if self.config.layer is not None:
             if not 0 <= self.config.layer < n_layers:
-                raise EditError(f"layer {self.config.layer} out of range: this model has layers 0..{n_layers - 1}")
+                raise ConfigError(f"layer {self.config.layer} out of range: this model has layers 0..{n_layers - 1}")
             return self.config.layer, None
         if self.config.flag("locate_once") and self._first_layer is not None:
             return self._first_layer, None
-        location = self.locate(model, tokenizer, instance, arch)
+        location = self.locate(model, tokenizer, instance, arch, chat=chat)
         if self._first_layer is None:
             self._first_layer = location.layer
         return location.layer, location.distances
 
-    def _edit_one(self, model, tokenizer, arch, instance: SafeEditInstance, edit: Edit) -> InstanceEdit:
+    def _edit_one(self, model, tokenizer, arch, instance: SafeEditInstance, edit: Edit, chat) -> InstanceEdit:
         cfg = self.config
         start = time.perf_counter()
-        layer, distances = self._choose_layer(model, tokenizer, arch, instance)
+        layer, distances = self._choose_layer(model, tokenizer, arch, instance, chat)
         window = context_window(model, tokenizer)
-        target = self._sequence(tokenizer, window, self.eval_prompt(instance.adversarial_prompt), instance.safe_response)
+        target = self._sequence(tokenizer, window, self.eval_prompt(instance.adversarial_prompt), instance.safe_response, chat)
         kc = instance.knowledge_constraint
-        constraint = self._sequence(tokenizer, window, kc.prompt, kc.answer)
+        constraint = self._sequence(tokenizer, window, kc.prompt, kc.answer, chat)
 
         weight = arch.w_v_weight(model, layer)
         edit.remember(arch.w_v_param_name(layer), weight)
         for p in model.parameters():
             p.requires_grad_(False)
         weight.requires_grad_(True)
-        runner = (_FastRunner if cfg.fast else _NaiveRunner)(model, arch, layer, [target, constraint])
+        sequences = [target, constraint]
+        runner = _FastRunner(model, sequences, arch, layer) if cfg.fast else _NaiveRunner(model, sequences)
         reference_logp = runner.reference_log_probs(1)  # original model on the constraint answer
         optimizer = torch.optim.Adam([weight], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        record = InstanceEdit(key=instance.key, layer=layer, distances=distances)
+        record = InstanceEdit(key=instance.key, details={"layer": layer, "distances": distances})
         with runner:
             for step in range(cfg.steps + 1):
                 measuring_only = step == cfg.steps  # the extra pass only measures the result
@@ -195,9 +224,9 @@ class DINM(Method):
                                     f"{instance.key} (id={instance.id!r}) at layer {layer}; model restored")
                 record.losses.append({"step": step, "loss": total.item(), "nll": nll.item(), "kl": kl.item()})
                 if step == 0:
-                    record.nll_before = nll.item()
+                    record.details["nll_before"] = nll.item()
                 if measuring_only:
-                    record.nll_after = nll.item()
+                    record.details["nll_after"] = nll.item()
                     break
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -222,10 +251,9 @@ class DINM(Method):
 class _NaiveRunner:
     """Full model forward and full logits every step (what the reference code does)."""
 
-    def __init__(self, model, arch: ArchitectureMap, layer: int, sequences: list[_Sequence]):
+    def __init__(self, model, sequences: list[TargetSequence]):
         self.model, self.sequences = model, sequences
         self.device = next(model.parameters()).device
-        self._cache: dict[int, torch.Tensor] = {}
 
     def __enter__(self):
         return self
@@ -253,8 +281,8 @@ class _NaiveRunner:
 class _FastRunner(_NaiveRunner):
     """Runs layers >= L only, from cached inputs of layer L, with logits at the scored positions."""
 
-    def __init__(self, model, arch: ArchitectureMap, layer: int, sequences: list[_Sequence]):
-        super().__init__(model, arch, layer, sequences)
+    def __init__(self, model, sequences: list[TargetSequence], arch: ArchitectureMap, layer: int):
+        super().__init__(model, sequences)
         self.layers = arch.decoder_layers(model)
         self.layer = layer
         self._layer_inputs: list[torch.Tensor] = []
@@ -333,8 +361,6 @@ class _FastRunner(_NaiveRunner):
         logits = self.model(input_ids=self._ids(i), use_cache=False, **self._keep_kwargs(i)).logits[0]
         n = self.sequences[i].n_target
         return logits[-(n + 1):-1]
-
-
 
 
 __all__ = ["DINM", "DINMConfig", "PAPER_SUFFIX"]
