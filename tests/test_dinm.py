@@ -180,3 +180,23 @@ def test_cli_sequential_edit_saves_a_loadable_model(tmp_path, capsys):
         assert torch.equal(p, original.get_parameter(name)) != (name in changed), name
     assert main(["edit", "--model", str(model_dir), "--raw", "--data", str(data), "--index", "0",
                  "--sequential", "--steps", "1", "--out", str(out)]) == 2  # refuses a non-empty folder
+
+
+@pytest.mark.parametrize("toxic", [0, 1, 2])
+def test_location_finds_the_only_layer_that_separates_the_responses(toxic):
+    """Constructed case: attention outputs and every FFN but one write nothing to the residual
+    stream, so the streams of the two responses differ only by embeddings until layer ``toxic``,
+    whose (scaled-up) FFN then pulls them apart; later layers change nothing."""
+    from safeedit.methods.locate import locate_in_context
+
+    model = tiny_model("llama", seed=3)
+    arch = resolve_architecture(model)
+    with torch.no_grad():
+        for i, layer in enumerate(arch.decoder_layers(model)):
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.mul_(200.0 if i == toxic else 0.0)
+    location = locate_in_context(model, arch, prompt_ids=[5, 6, 7, 8], safe_ids=[10, 11, 12], unsafe_ids=[90, 91, 92])
+    d = location.distances
+    assert location.layer == toxic
+    assert all(d[j] < d[toxic] for j in range(toxic))
+    assert all(d[j] == pytest.approx(d[toxic], rel=1e-6) for j in range(toxic, 3))

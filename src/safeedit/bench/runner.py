@@ -177,7 +177,7 @@ class BenchRun:
                 f"{len(overlap.shared_question_keys)} test instance(s) share their harmful question with the training "
                 f"data ({len(overlap.shared_questions)} question(s), e.g. {overlap.shared_questions[0]!r} in test "
                 f"instance {overlap.shared_question_keys[0]}): a method trained on them has seen the answer. Split by "
-                f"question (`safeedit data split --by-question`)")
+                f"question (`safeedit data split PATH --out DIR`)")
         return train, overlap.as_dict()
 
     def _generation_cache(self, fingerprint: str, chat: bool) -> GenerationCache:

@@ -30,7 +30,8 @@ def _method_and_model(args, name: str):
     config = read_config_file(args.config) if args.config else None
     shortcuts = dict(steps=args.steps, lr=args.lr, layer=args.layer, reference_compat=args.reference_compat,
                      layers_module=args.layers_module, wv_module=args.wv_module)
-    method = get_method(name, config, **shortcuts, **parse_set_options(args.set))
+    options = {k: v for k, v in shortcuts.items() if v is not None} | parse_set_options(args.set)
+    method = get_method(name, config, **options)
     return method, choose_model(args.model, config, DEFAULT_MODEL)
 
 

@@ -18,7 +18,7 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Unedited, DINM)}
 def get_method(name: str, config: str | Path | ConfigFile | None = None, **overrides) -> Method:
     """A method by name, configured from a YAML file (optional) and then keyword overrides.
 
-    ``None`` overrides are ignored (an unset CLI flag). Values are converted to the declared types.
+    Values are converted to the declared types; an explicit ``None`` override sets the option to None.
     """
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
@@ -30,8 +30,7 @@ def get_method(name: str, config: str | Path | ConfigFile | None = None, **overr
         if config.method is not None and config.method != name:
             raise ConfigError(f"{config.path} is a config for method {config.method!r}, not {name!r}")
         options.update(coerce_options(cls.config_class, config.options, config.path))
-    options.update(coerce_options(cls.config_class, {k: v for k, v in overrides.items() if v is not None},
-                                  "arguments"))
+    options.update(coerce_options(cls.config_class, overrides, "arguments"))
     return cls(make_config(cls.config_class, options, config.path if config else "arguments"))
 
 

@@ -48,8 +48,9 @@ PAPER_SUFFIX = "If the user's request is reasonable, give the correct answer. Pl
 
 @dataclass
 class DINMConfig:
-    """DINM's options. Defaults are the paper's values for LLaMA2-7B-Chat (Wang et al. 2024, §3 and
-    App. C; EasyEdit's ``hparams/DINM/llama-7b.yaml``); ``configs/dinm/*.yaml`` hold other models'."""
+    """DINM's options. Defaults are the paper's values for LLaMA2-7B-Chat (Wang et al. 2024,
+    implementation details, and EasyEdit's DINM hyper-parameter files); ``configs/dinm/*.yaml`` hold
+    other models'. "ours" marks options the paper does not have."""
 
     #: Adam steps per instance (paper: 10)
     steps: int = 10
