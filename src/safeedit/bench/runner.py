@@ -205,7 +205,8 @@ class BenchRun:
         fingerprint = model_fingerprint(model)
         gen_settings = {"max_new_tokens": cfg.max_new_tokens, "chat": chat, "do_sample": False}
         meta = {
-            "format": RUN_FORMAT, "config": asdict(cfg), "config_identity": cfg.identity(), "model": model_name,
+            "format": RUN_FORMAT, "config": asdict(cfg), "config_identity": cfg.identity() | {"model": model_name},
+            "model": model_name,
             "method": {"name": method.name, "per_instance": method.per_instance, "config": asdict(method.config)},
             "prompt_mode": "chat" if chat else "raw", "generation": gen_settings, "seed": cfg.seed,
             "model_fingerprint": fingerprint, "judge": repr(judge), "versions": _versions(),
