@@ -65,3 +65,19 @@ class ChatServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+if __name__ == "__main__":  # serve a model by hand: python -m tests.chatserver --model smollm2-135m --port 8765
+    import argparse
+
+    from safeedit.build.generators import LocalHFGenerator
+
+    parser = argparse.ArgumentParser(description="OpenAI-compatible loopback server answering with a local model")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    server = ChatServer(LocalHFGenerator(args.model))
+    server.httpd.server_close()
+    server.httpd = ThreadingHTTPServer(("127.0.0.1", args.port), server.httpd.RequestHandlerClass)
+    print(f"serving {args.model} at http://127.0.0.1:{args.port}/v1", flush=True)
+    server.httpd.serve_forever()

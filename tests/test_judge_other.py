@@ -408,3 +408,12 @@ def test_http_judge_with_the_embedded_model(embedded):
     # what was sent is exactly the rubric prompt (first request per item is greedy)
     sent = [r["messages"] for r in server.requests if r["temperature"] == 0.0]
     assert sorted(m[1]["content"] for m in sent) == sorted(fmt.messages(p, r)[1]["content"] for p, r in items)
+
+
+def test_template_without_system_role_gets_the_system_text_in_the_user_turn(tmp_path):
+    template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+                "{% endif %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
+    judge = load_judge(str(save_tiny_causal(tmp_path / "lm", chat_template=template)), device="cpu",
+                       format="harmbench", parse_retries=0)
+    text = judge.backend._text(judge.format, "w1", "w2")
+    assert text.startswith("[INST] " + get_format("harmbench").system + "\n\nBelow are a BEHAVIOR")

@@ -73,7 +73,13 @@ class LocalBackend:
         messages = fmt.messages(prompt, response, native=self.native)
         if not has_template:
             return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:"
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - jinja errors; some templates (Mistral's) refuse a system turn
+            if messages[0]["role"] != "system":
+                raise
+            merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
+            text = tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
         bos = tok.bos_token
         if bos and text.startswith(bos):  # the tokenizer adds it again when encoding raw text
             text = text[len(bos):]
