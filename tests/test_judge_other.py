@@ -317,9 +317,13 @@ def test_http_guard_model_gets_the_conversation(tiny_backend):
     with ChatServer(tiny_backend) as server:
         judge = load_judge("http:llama-guard-3-8b", base_url=server.url, parse_retries=0)
         judge(["w3 w4"], prompts=["w1 w2"])
+        other = load_judge("http:tiny", base_url=server.url, format="llama-guard", parse_retries=0)
+        other(["w3 w4"], prompts=["w1 w2"])
     assert judge.format.name == "llama-guard"
     assert server.requests[0]["messages"] == [{"role": "user", "content": "w1 w2"},
                                               {"role": "assistant", "content": "w3 w4"}]
+    # a model without 'guard' in its name asked in the llama-guard format gets our written prompt
+    assert server.requests[1]["messages"] == get_format("llama-guard").messages("w1 w2", "w3 w4")
 
 
 # ----------------------------------------------------------------------------- compare

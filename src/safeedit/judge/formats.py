@@ -13,8 +13,9 @@ are named after.
     model answers ``safe`` or ``unsafe`` on the first line and, when unsafe, the violated category
     codes on the next line. A local model whose chat template is itself a moderation template
     (Llama Guard models ship one that embeds their own taxonomy) gets the conversation through
-    that template instead (``native``); over HTTP the conversation is sent as two chat messages
-    for the same reason, since a server hosting such a model applies its template itself.
+    that template instead (``native``); over HTTP a model whose name contains ``guard`` gets the
+    conversation as two chat messages for the same reason, since a server hosting such a model
+    applies its template itself (any other served model gets our written prompt).
 
 ``harmbench``
     For HarmBench-classifier-style models. The input names a *behavior* (the request) and a

@@ -111,8 +111,9 @@ def load_judge(spec: str | None = None, device: str | None = None, *, format: st
         client = ChatClient(base_url, model, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
                             backoff=backoff, requests_per_minute=requests_per_minute, concurrency=concurrency,
                             require_key=require_key)
-        # a served moderation model applies its own template to the bare conversation
-        backend = HTTPBackend(client, native=fmt.name == "llama-guard")
+        # a served guard model applies its own moderation template to the bare conversation; any other
+        # model asked in the llama-guard format gets our written prompt
+        backend = HTTPBackend(client, native=fmt.name == "llama-guard" and "guard" in model.lower())
         return GenerativeJudge(backend, fmt, on_unparsed=on_unparsed, parse_retries=parse_retries)
     from safeedit.lm import load_model
 
