@@ -432,3 +432,23 @@ def test_template_without_system_role_gets_the_system_text_in_the_user_turn(tmp_
                        format="harmbench", parse_retries=0)
     text = judge.backend._text(judge.format, "w1", "w2")
     assert text.startswith("[INST] " + get_format("harmbench").system + "\n\nBelow are a BEHAVIOR")
+
+
+def test_hub_ids_resolve_through_the_hub_cache(tmp_path, monkeypatch):
+    """The hub-id code path, offline: repos laid out as the Hugging Face cache, the hub switched off."""
+    import huggingface_hub.constants as hf
+
+    for repo, save in (("owner/tiny-guard", save_tiny_causal), ("owner/tiny-cls", save_tiny_classifier)):
+        base = tmp_path / ("models--" + repo.replace("/", "--"))
+        save(base / "snapshots" / ("a" * 40))
+        (base / "refs").mkdir()
+        (base / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    assert judge_kind("owner/tiny-guard") == "generative" and judge_kind("owner/tiny-cls") == "classifier"
+    guard = load_judge("owner/tiny-guard", device="cpu", parse_retries=0)
+    assert guard.format.name == "llama-guard" and guard.identity()["source"] == "owner/tiny-guard"
+    assert guard(["w1"], prompts=["w2"]).labels == [0.5]
+    assert load_judge("owner/tiny-cls", device="cpu").identity()["kind"] == "classifier"
+    with pytest.raises(JudgeError, match="could not read the config of judge 'owner/missing'"):
+        judge_kind("owner/missing")
