@@ -66,7 +66,7 @@ class ChatClient:
         self.name = model
         self.api_key_env = api_key_env
         if require_key and not os.environ.get(api_key_env):
-            raise ValueError(f"the endpoint's API key is read from ${api_key_env}, which is not set")
+            raise ValueError(f"the API key for {self.base_url} is read from ${api_key_env}, which is not set")
         self.timeout, self.max_retries = timeout, max_retries
         self.backoff, self.max_backoff = backoff, max_backoff
         self.limiter = RateLimiter(requests_per_minute)
