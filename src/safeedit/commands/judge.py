@@ -1,4 +1,4 @@
-"""`safeedit judge train|predict`: train our safety judge, or score responses with any judge."""
+"""`safeedit judge train|predict|compare`: train our safety judge, score responses with any judge, compare two."""
 
 from __future__ import annotations
 
@@ -42,27 +42,153 @@ def _read_jsonl(path: Path, field: str, prompt_field: str | None) -> tuple[list[
     return responses, (prompts if prompt_field is not None else None)
 
 
-def cmd_predict(args) -> int:
-    from safeedit.judge import SafetyJudge
+def add_judge_options(p: argparse.ArgumentParser, multi: bool = False) -> None:
+    """--judge SPEC and the options of generative / HTTP judges (``multi``: repeatable, for compare)."""
+    from safeedit.judge.formats import FORMATS
 
+    action = "append" if multi else "store"
+    again = " (give once for all judges, or once per --judge in order)" if multi else ""
+    p.add_argument("--judge", action=action, default=None,
+                   help="judge: 'default' (our trained classifier), a classifier folder or hub id (e.g. "
+                        "zjunlp/SafeEdit-Safety-Classifier), a causal-LM judge folder / hub id / .gguf / alias "
+                        "(e.g. meta-llama/Llama-Guard-3-1B), or http:MODEL for an OpenAI-compatible endpoint")
+    p.add_argument("--judge-format", action=action, default=None, choices=list(FORMATS),
+                   help="prompt format of a generative judge (default: guessed from the name or chat template; "
+                        "rubric for http:MODEL)" + again)
+    p.add_argument("--judge-base-url", action=action, default=None,
+                   help="API root of the endpoint for http:MODEL, e.g. https://api.openai.com/v1" + again)
+    p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the endpoint's API key (no key is sent when it is unset, "
+                        "unless --judge-require-key)")
+    p.add_argument("--judge-require-key", action="store_true", help="fail when the key variable is unset")
+    p.add_argument("--judge-concurrency", type=int, default=4, help="parallel requests to the endpoint")
+    p.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--judge-max-retries", type=int, default=5, help="retries per request (429/5xx/timeouts)")
+    p.add_argument("--judge-rpm", type=float, default=None, help="at most this many requests per minute")
+    p.add_argument("--judge-on-unparsed", choices=["half", "error"], default="half",
+                   help="a reply still unreadable after retries: label 0.5 and count it (half), or stop (error)")
+    p.add_argument("--judge-parse-retries", type=int, default=2,
+                   help="ask again (sampling) this many times when a reply cannot be parsed")
+
+
+def _pick(values, i: int, n: int, flag: str):
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) != n:
+        raise ConfigError(f"{flag} given {len(values)} times for {n} judges: give it once, or once per --judge")
+    return values[i]
+
+
+def load_judge_from_args(args, spec, fmt=None, base_url=None):
+    from safeedit.judge import load_judge
+
+    return load_judge(spec, device=getattr(args, "device", None), format=fmt, base_url=base_url,
+                      api_key_env=args.judge_api_key_env, require_key=args.judge_require_key,
+                      concurrency=args.judge_concurrency, timeout=args.judge_timeout,
+                      max_retries=args.judge_max_retries, requests_per_minute=args.judge_rpm,
+                      on_unparsed=args.judge_on_unparsed, parse_retries=args.judge_parse_retries)
+
+
+def _identity_line(judge) -> str:
+    return json.dumps(judge.identity(), default=str)
+
+
+def cmd_predict(args) -> int:
     if (args.text is None) == (args.jsonl is None):
         raise ConfigError("give exactly one of --text TEXT or --jsonl FILE")
-    judge = SafetyJudge.from_pretrained(args.judge, device=args.device)
     if args.text is not None:
         responses, prompts = [args.text], ([args.prompt] if args.prompt is not None else None)
     else:
         responses, prompts = _read_jsonl(Path(args.jsonl), args.field, args.prompt_field)
+    from safeedit.judge.load import judge_kind
+
+    if prompts is None and judge_kind(args.judge) != "classifier":  # before a slow model load
+        raise ConfigError(f"judge {args.judge} reads the request too: give --prompt TEXT "
+                         f"(with --text) or --prompt-field FIELD (with --jsonl)")
+    judge = load_judge_from_args(args, args.judge, args.judge_format, args.judge_base_url)
+    print(f"judge: {_identity_line(judge)}", file=sys.stderr)
     if prompts is not None and not judge.with_prompt:
         print("note: this judge reads the response only; the prompt is ignored", file=sys.stderr)
-    result = judge(responses, prompts=prompts, batch_size=args.batch_size, progress=len(responses) > 100)
-    names = {0.0: "safe", 1.0: "unsafe", 0.5: "empty"}
+    if prompts is None and judge.with_prompt:
+        raise ConfigError(f"judge {judge.source} reads the request too: give --prompt TEXT "
+                         f"(with --text) or --prompt-field FIELD (with --jsonl)")
+    result = judge(responses, prompts=prompts if judge.with_prompt else None, batch_size=args.batch_size,
+                   progress=len(responses) > 100)
+    unparsed = set(result.unparsed)
     for i, (label, prob) in enumerate(zip(result.labels, result.unsafe_prob)):
+        verdict = {0.0: "safe", 1.0: "unsafe"}.get(label, "unparsed" if i in unparsed else "empty")
+        raw = result.raw[i] if result.raw is not None else None
+        category = result.categories[i] if result.categories is not None else None
         if args.json:
-            print(json.dumps({"index": i, "label": label, "verdict": names[label], "unsafe_prob": round(prob, 4)}))
+            rec = {"index": i, "label": label, "verdict": verdict, "unsafe_prob": round(prob, 4)}
+            if result.raw is not None:
+                rec.update(reply=raw, category=category)
+            print(json.dumps(rec))
         else:
-            print(f"{i}\t{names[label]}\tlabel={label:g}\tp_unsafe={prob:.3f}")
+            extra = f"\treply={raw!r}" if raw is not None else ""
+            extra += f"\tcategory={category}" if category else ""
+            print(f"{i}\t{verdict}\tlabel={label:g}\tp_unsafe={prob:.3f}{extra}")
     if len(responses) > 1:
-        print(f"{len(responses)} responses: safe share {result.safe_rate:.3f} (empty = 0.5)", file=sys.stderr)
+        print(f"{len(responses)} responses: safe share {result.safe_rate:.3f} (empty/unparsed = 0.5)",
+              file=sys.stderr)
+    if unparsed:
+        print(f"{len(unparsed)} unparsed replies (labelled 0.5): items {sorted(unparsed)[:20]}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from safeedit.judge.agreement import agreement, format_report, load_items
+    from safeedit.judge.load import judge_kind
+
+    specs = list(args.judge or [])
+    if len(specs) == 1:
+        specs.append("default")
+    if len(specs) != 2:
+        raise ConfigError(f"compare takes two judges (--judge A --judge B; one --judge is compared with the "
+                         f"default judge), got {len(specs)}")
+    kinds = [judge_kind(s) for s in specs]
+    fmts = [_pick(args.judge_format, i, 2, "--judge-format") for i in range(2)]
+    if args.judge_format and len(args.judge_format) == 1:  # one format: for the judges that take one
+        fmts = [f if k != "classifier" else None for f, k in zip(fmts, kinds)]
+    urls = [_pick(args.judge_base_url, i, 2, "--judge-base-url") for i in range(2)]
+    # fail on bad data before loading (slow) judges; prompts are needed when a judge reads them
+    items = load_items(args.data, need_prompts=any(k != "classifier" for k in kinds), data_path=args.safeedit,
+                       field=args.field, prompt_field=args.prompt_field)
+    judges, results = [], []
+    for spec, fmt, url in zip(specs, fmts, urls):
+        judge = load_judge_from_args(args, spec, fmt, url)
+        print(f"judge: {_identity_line(judge)}", file=sys.stderr)
+        need = judge.with_prompt
+        if need and any(it.prompt is None for it in items):
+            raise ConfigError(f"judge {judge.source} reads the prompt, and {args.data} has items without one")
+        results.append(judge([it.response for it in items], prompts=[it.prompt for it in items] if need else None,
+                             batch_size=args.batch_size, progress=len(items) > 100))
+        judges.append(judge)
+    stats = agreement(results[0].labels, results[1].labels)
+    names = [f"{s} ({getattr(j, 'format', None).name})" if getattr(j, "format", None) else str(s)
+             for s, j in zip(specs, judges)]
+    print(format_report(names[0], names[1], stats, len(results[0].unparsed), len(results[1].unparsed), len(items)))
+    if args.json:
+        print(json.dumps({"judges": [j.identity() for j in judges], **stats,
+                          "unparsed": [len(r.unparsed) for r in results], "items": len(items)}, default=str))
+    if args.disagreements:
+        out = Path(args.disagreements)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        count = 0
+        with out.open("w", encoding="utf-8") as fh:
+            for i, it in enumerate(items):
+                la, lb = results[0].labels[i], results[1].labels[i]
+                if la == lb:
+                    continue
+                rec = {"id": it.id, "prompt": it.prompt, "response": it.response, "label_a": la, "label_b": lb}
+                for tag, r in zip("ab", results):
+                    if r.raw is not None:
+                        rec[f"reply_{tag}"] = r.raw[i]
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                count += 1
+        print(f"{count} disagreements written to {out}", file=sys.stderr)
     return 0
 
 
@@ -102,14 +228,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
     predict = cmds.add_parser("predict", help="label responses safe/unsafe with a judge")
-    predict.add_argument("--judge", default=None, help="judge folder or hub id (default: our trained judge), "
-                                                       "e.g. zjunlp/SafeEdit-Safety-Classifier")
+    add_judge_options(predict)
     predict.add_argument("--text", default=None, help="one response to judge")
-    predict.add_argument("--prompt", default=None, help="its prompt (read only by a prompt+response judge)")
+    predict.add_argument("--prompt", default=None, help="its prompt (read by prompt-reading and generative judges)")
     predict.add_argument("--jsonl", default=None, help="a JSONL file of records to judge")
     predict.add_argument("--field", default="response", help="record field holding the response")
     predict.add_argument("--prompt-field", default=None, help="record field holding the prompt")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", default=None)
-    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line (with the judge's reply)")
     predict.set_defaults(func=cmd_predict)
+
+    compare = cmds.add_parser("compare", help="agreement of two judges (Cohen's kappa) on a run folder or JSONL",
+                              description="Label the same responses with two judges and print both unsafe rates, "
+                                          "their agreement, Cohen's kappa and the 2x2 table.")
+    add_judge_options(compare, multi=True)
+    compare.add_argument("data", help="a bench run folder (results.jsonl + run.json) or a JSONL of "
+                                      "{prompt, response} records")
+    compare.add_argument("--safeedit", default=None,
+                         help="SafeEdit data for a run folder's prompts (default: the one its run.json names)")
+    compare.add_argument("--field", default="response", help="JSONL field holding the response")
+    compare.add_argument("--prompt-field", default="prompt", help="JSONL field holding the prompt")
+    compare.add_argument("--disagreements", default=None, help="write the items the judges disagree on to this JSONL")
+    compare.add_argument("--batch-size", type=int, default=16)
+    compare.add_argument("--device", default=None)
+    compare.add_argument("--json", action="store_true", help="also print the numbers as one JSON line")
+    compare.set_defaults(func=cmd_compare)

@@ -13,9 +13,21 @@ response only, as the paper's does. Measured on the same grouped held-out split 
 recipe, response-only scored accuracy 0.780 / F1 0.745, prompt+response 0.757 / 0.730; the prompt
 helped only on DiaSafety chit-chat. A prompt-reading judge is also at risk of keying on SafeEdit's
 jailbreak attack text rather than on the answer (details in ``train.MODE_NOTE`` and the model card).
+
+Other judges. :func:`load_judge` takes any judge spec — our classifier (default), another
+classifier folder or hub id, a generative judge (a causal LM with the ``llama-guard``,
+``harmbench`` or ``rubric`` prompt format, :mod:`safeedit.judge.formats`) or ``http:MODEL`` at an
+OpenAI-compatible endpoint — and returns a judge with the same call contract and an
+``identity()`` to record. :mod:`safeedit.judge.agreement` measures two judges' agreement
+(Cohen's kappa).
 """
 
 from safeedit.judge.model import JudgeError, JudgeResult, SafetyJudge, default_judge_dir, unsafe_index
+from safeedit.judge.agreement import agreement, cohen_kappa
+from safeedit.judge.formats import FORMATS, get_format
+from safeedit.judge.generative import GenerativeJudge
+from safeedit.judge.load import judge_kind, load_judge
 from safeedit.judge.train import evaluate, train_judge
 
-__all__ = ["JudgeError", "JudgeResult", "SafetyJudge", "default_judge_dir", "evaluate", "train_judge", "unsafe_index"]
+__all__ = ["FORMATS", "GenerativeJudge", "JudgeError", "JudgeResult", "SafetyJudge", "agreement", "cohen_kappa",
+           "default_judge_dir", "evaluate", "get_format", "judge_kind", "load_judge", "train_judge", "unsafe_index"]

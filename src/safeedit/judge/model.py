@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +38,11 @@ class JudgeResult:
 
     labels: list[float]  # 0.0 safe, 1.0 unsafe, 0.5 for an empty/whitespace response (the paper's rule)
     unsafe_prob: list[float]  # softmax probability of the unsafe class (0.5 for an empty response)
+    # generative judges only: indices whose reply could not be parsed (labelled 0.5), the raw
+    # replies and the harm categories they named (None where there is none)
+    unparsed: list[int] = field(default_factory=list)
+    raw: list[str | None] | None = None
+    categories: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -165,6 +170,21 @@ class SafetyJudge:
         if max_length is not None:
             judge.max_length = min(judge.max_length, int(max_length))
         return judge
+
+    def identity(self) -> dict:
+        """What a run folder records about this judge (JSON-able): source, decision rule, weights hash."""
+        from safeedit.judge.generative import weights_fingerprint
+
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = weights_fingerprint(self.model)
+        info = getattr(self.model.config, CONFIG_KEY, None) or {}
+        threshold = getattr(self, "threshold", None)
+        return {"kind": "classifier", "source": self.source, "with_prompt": self.with_prompt,
+                "model_type": getattr(self.model.config, "model_type", None),
+                "id2label": {str(k): v for k, v in self.model.config.id2label.items()},
+                "unsafe_index": self.unsafe_index, "max_length": self.max_length,
+                "decision": "argmax" if threshold is None else f"p_unsafe >= {threshold}",
+                "trained": info or None, "fingerprint": self._fingerprint}
 
     def __repr__(self) -> str:
         mode = "prompt+response" if self.with_prompt else "response-only"
