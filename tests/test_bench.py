@@ -185,3 +185,24 @@ def test_trained_once_path_with_a_disjoint_train_split(tiny_setup):
     assert len(rows) == 3 and all(r["post"] == r["pre"] for r in rows)  # the unedited model: post is pre
     assert main(args) == 0  # a finished run resumes to the same folder without retraining
     assert json.loads((out / "fit.json").read_text()) == fit
+
+
+def test_report_refuses_runs_scored_by_different_judges(tmp_path):
+    from safeedit.bench.report import compare_runs
+    from safeedit.errors import UserError
+
+    row = {"key": "t#0", "category": "c"}
+    row["pre"] = row["post"] = {k: {"response": "r", "label": 0, "unsafe_prob": 0.1, "degenerate": None}
+                                for k in ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ")} | {"_fluency": 3.0}
+    runs = []
+    for name, source in (("a", "/judges/ours"), ("b", "zjunlp/SafeEdit-Safety-Classifier")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.jsonl").write_text(json.dumps(row) + "\n")
+        (folder / "run.json").write_text(json.dumps({"config": {"method": "none", "model": "m"}, "prompt_mode": "raw",
+                                                     "instances": 1, "judge": {"kind": "classifier", "source": source}}))
+        runs.append(folder)
+    with pytest.raises(UserError, match="scored by different judges"):
+        compare_runs(runs)
+    assert "Mixed judges" in compare_runs(runs, allow_mixed_judges=True)
+    assert "Mixed judges" not in compare_runs([runs[0], runs[0]])

@@ -121,7 +121,7 @@ def write_run_outputs(run_dir: str | Path) -> dict[str, Any]:
     metrics = [m for m in METRIC_ORDER if m in summary["pre"] or m in summary["post"]]
     lines = [f"# safeedit run: {summary['method']} on {summary['model']}", "",
              f"{summary['n']} of {summary['expected']} instances ({'complete' if summary['complete'] else 'INCOMPLETE'}); "
-             f"prompt mode: {summary['prompt_mode']}; judge: {summary['judge']}. 'pre' is the unedited model, 'post' "
+             f"prompt mode: {summary['prompt_mode']}; judge: {_judge_name(summary['judge'])}. 'pre' is the unedited model, 'post' "
              + ("the model edited for each instance (restored between instances)." if summary["per_instance"]
                 else f"the model after {summary['method']} (one model for all instances)."), "",
              markdown_table(["metric", "pre", "post"], [[m, summary["pre"].get(m), summary["post"].get(m)] for m in metrics]),
@@ -148,6 +148,14 @@ def write_run_outputs(run_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
+def _judge_name(judge) -> str:
+    """A short name for a recorded judge (an identity dict, or the repr older run folders hold)."""
+    if isinstance(judge, dict):
+        fp = judge.get("fingerprint")
+        return f"{judge.get('kind', 'judge')} {judge.get('source')}" + (f" [{fp}]" if fp else "")
+    return str(judge)
+
+
 def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, allow_mixed_judges: bool = False) -> str:
     """Side-by-side Markdown of several runs (methods x metrics, post-method) plus a chart.
 
@@ -157,11 +165,11 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, allo
     from safeedit.bench.plots import plot_compare
 
     summaries = [summarize(d) for d in run_dirs]
-    judges = {s["judge"] for s in summaries}
+    judges = {json.dumps(s["judge"], sort_keys=True, default=str) for s in summaries}
     if len(judges) > 1 and not allow_mixed_judges:
         from safeedit.errors import UserError
 
-        listing = "; ".join(f"{Path(d).name}: {s['judge']}" for d, s in zip(run_dirs, summaries))
+        listing = "; ".join(f"{Path(d).name}: {_judge_name(s['judge'])}" for d, s in zip(run_dirs, summaries))
         raise UserError(f"these runs were scored by different judges ({listing}); re-score them with one judge, "
                         "or pass --allow-mixed-judges to compare anyway")
     labels = [f"{s['method']} ({Path(d).name})" for s, d in zip(summaries, run_dirs)]
@@ -177,7 +185,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, allo
              markdown_table(["category", *labels], [[c, *[s["per_category"].get(c, {}).get("post", {}).get("DS") for s in summaries]]
                                                      for c in cats])]
     if len(judges) > 1:
-        text += ["", f"**Mixed judges:** {'; '.join(sorted(map(str, judges)))}"]
+        text += ["", f"**Mixed judges:** {'; '.join(sorted({_judge_name(s['judge']) for s in summaries}))}"]
     incomplete = [lab for lab, s in zip(labels, summaries) if not s["complete"]]
     if incomplete:
         text += ["", f"**Incomplete runs:** {', '.join(incomplete)}"]

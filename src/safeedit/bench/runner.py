@@ -49,8 +49,9 @@ RUN_FORMAT = 2
 
 @dataclass
 class BenchConfig:
-    """Settings of one benchmark run. Everything but ``out``/``judge``/``batch_size``/``device``/
-    ``trust_remote_code`` must match for a run folder to be resumed."""
+    """Settings of one benchmark run. Everything but the output folder, the judge options,
+    ``batch_size``, ``device`` and ``trust_remote_code`` must match for a run folder to be resumed
+    (the judge is recorded in run.json, and ``safeedit report`` refuses to mix judges)."""
 
     #: SafeEdit test data: a .json/.jsonl file, a folder of split files, or a dataset id (required)
     data: str
@@ -64,8 +65,13 @@ class BenchConfig:
     train_data: str | None = None
     #: split of ``train_data`` (e.g. ``train``)
     train_split: str | None = None
-    #: safety judge folder or hub id; None: the default judge folder
+    #: safety judge (``safeedit.judge.load_judge``): classifier folder / hub id, generative judge, or
+    #: ``http:MODEL``; None: the default judge folder
     judge: str | None = None
+    #: prompt format of a generative judge (llama-guard, harmbench, rubric); None: guessed
+    judge_format: str | None = None
+    #: API root for an ``http:MODEL`` judge (key from ``$OPENAI_API_KEY``)
+    judge_base_url: str | None = None
     #: run folder (resumed when it exists with the same settings)
     out: str = "runs/bench"
     #: first N selected instances
@@ -103,7 +109,7 @@ class BenchConfig:
     def identity(self) -> dict[str, Any]:
         """What must match for a run folder to be resumed (not paths to outputs or progress bars)."""
         d = asdict(self)
-        for k in ("out", "judge", "batch_size", "device", "trust_remote_code"):
+        for k in ("out", "judge", "judge_format", "judge_base_url", "batch_size", "device", "trust_remote_code"):
             d.pop(k)
         return d
 
@@ -186,7 +192,7 @@ class BenchRun:
 
     # -------------------------------------------------------------- main loop
     def run(self) -> dict[str, Any]:
-        from safeedit.judge import SafetyJudge
+        from safeedit.judge import load_judge
         from safeedit.methods import get_method
         from safeedit.methods.options import choose_model, read_config_file
 
@@ -199,7 +205,7 @@ class BenchRun:
         model_name = choose_model(cfg.model, config_file, DEFAULT_MODEL)
         method = get_method(cfg.method, config_file, **cfg.method_options)
         train, overlap = self._training_split(method, instances)
-        judge = SafetyJudge.from_pretrained(cfg.judge)
+        judge = load_judge(cfg.judge, device=cfg.device, format=cfg.judge_format, base_url=cfg.judge_base_url)
         model, tok = load_model(model_name, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
         chat = use_chat_template(tok, cfg.chat)
         fingerprint = model_fingerprint(model)
@@ -209,7 +215,7 @@ class BenchRun:
             "model": model_name,
             "method": {"name": method.name, "per_instance": method.per_instance, "config": asdict(method.config)},
             "prompt_mode": "chat" if chat else "raw", "generation": gen_settings, "seed": cfg.seed,
-            "model_fingerprint": fingerprint, "judge": repr(judge), "versions": _versions(),
+            "model_fingerprint": fingerprint, "judge": judge.identity(), "versions": _versions(),
             "instances": len(instances), "train_instances": len(train) if train is not None else None,
             "train_test_overlap": overlap, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }

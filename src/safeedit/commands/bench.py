@@ -15,7 +15,8 @@ def cmd_bench(args) -> int:
 
     config = BenchConfig(
         method=args.method, model=args.model, data=args.data, data_split=args.split, train_data=args.train_data,
-        train_split=args.train_split, judge=args.judge, out=args.out, limit=args.limit,
+        train_split=args.train_split, judge=args.judge, judge_format=args.judge_format,
+        judge_base_url=args.judge_base_url, out=args.out, limit=args.limit,
         indices=parse_indices(args.index) if args.index else None, max_new_tokens=args.max_new_tokens,
         chat=args.chat, batch_size=args.batch_size, seed=args.seed, method_config=args.config,
         method_options=parse_set_options(args.set), dtype=args.dtype, device=args.device,
@@ -74,7 +75,10 @@ def register(sub) -> None:
     b.add_argument("--split", default=None, help="split of --data when it is a folder or dataset id (e.g. test)")
     b.add_argument("--train-data", default=None, help="training split for methods that train once (sft, dpo, ...)")
     b.add_argument("--train-split", default=None, help="split of --train-data (e.g. train)")
-    b.add_argument("--judge", default=None, help="safety classifier folder or hub id (default: the cached judge)")
+    b.add_argument("--judge", default=None, help="safety judge: classifier folder or hub id (default: the cached "
+                   "judge), a generative judge folder / hub id, or http:MODEL (see `safeedit judge predict -h`)")
+    b.add_argument("--judge-format", default=None, help="prompt format of a generative judge (llama-guard, harmbench, rubric)")
+    b.add_argument("--judge-base-url", default=None, help="API root for --judge http:MODEL (key from $OPENAI_API_KEY)")
     b.add_argument("--out", required=True, help="run folder (resumes if it exists with the same settings)")
     b.add_argument("--limit", type=int, default=None, help="first N instances")
     b.add_argument("--index", default=None, help="instances to use, e.g. 0-9,20")
