@@ -73,6 +73,9 @@ class TrainOptions:
     lora_dropout: float = 0.05
     #: module names LoRA adapts (peft ``target_modules``)
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    #: decoder layers LoRA adapts (peft ``layers_to_transform``; None: all). Adapting only the top
+    #: layers keeps the backward pass short; the CPU configs use it to fit the time budget
+    lora_layers: list[int] | None = None
 
 
 def check_training_set(train: Sequence[SafeEditInstance], method: str, *, need_unsafe: bool = False,
@@ -126,7 +129,7 @@ def trainer_args(options: TrainOptions, out_dir: Path, model, seed: int, **extra
         weight_decay=options.weight_decay, warmup_steps=options.warmup_ratio,
         lr_scheduler_type=options.lr_scheduler, logging_steps=1, save_strategy="no", report_to="none",
         bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=on_cpu, seed=seed, data_seed=seed,
-        dataloader_num_workers=0, disable_tqdm=False,
+        dataloader_num_workers=0, disable_tqdm=False, logging_nan_inf_filter=False,
     )
     args.update(extra)
     return args
@@ -205,7 +208,8 @@ def add_lora(model, options: TrainOptions, adapter: str = "default"):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
-                        target_modules=list(options.lora_targets), bias="none", task_type="CAUSAL_LM")
+                        target_modules=list(options.lora_targets), bias="none", task_type="CAUSAL_LM",
+                        layers_to_transform=list(options.lora_layers) if options.lora_layers else None)
     try:
         return get_peft_model(model, config, adapter_name=adapter)
     except ValueError as exc:  # e.g. target modules not found in this architecture
