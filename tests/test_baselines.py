@@ -240,3 +240,16 @@ def test_kill_then_resume_does_not_retrain(tiny_setup):
     assert (out / "fit.json").read_bytes() == fit_before and weights.stat().st_mtime_ns == mtime  # not retrained
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["fit"]["train_instances"] == 4
+
+
+def test_data_split_command_groups_by_question(sample_path, tmp_path, capsys):
+    from safeedit.cli import main
+    from safeedit.data import load_safeedit
+    from safeedit.data.splits import question_overlap
+
+    assert main(["data", "split", str(sample_path), "--by-question", "--out", str(tmp_path)]) == 0
+    train, test = load_safeedit(tmp_path / "train.json").instances, load_safeedit(tmp_path / "test.json").instances
+    assert len(train) + len(test) == 163 and train and test
+    assert not question_overlap(train, test).shared_question_keys
+    assert main(["data", "split", str(sample_path), "--out", str(tmp_path)]) == 2  # no silent overwrite
+    assert "exists; pass --force" in capsys.readouterr().err

@@ -67,6 +67,30 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_data_split(args) -> int:
+    """Write OUT/train.json and OUT/test.json, every instance of a harmful question on one side."""
+    from pathlib import Path
+
+    from safeedit.data import load_safeedit
+    from safeedit.data.splits import split_by_question
+    from safeedit.errors import OutputExistsError
+
+    data = load_safeedit(args.path, split=args.split)
+    train, test = split_by_question(data.instances, args.test_fraction, args.seed)
+    out = Path(args.out)
+    files = {"train": out / "train.json", "test": out / "test.json"}
+    existing = [str(f) for f in files.values() if f.exists()]
+    if existing and not args.force:
+        raise OutputExistsError(f"{existing[0]} exists; pass --force to overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("test", test)):
+        files[name].write_text(json.dumps([inst.to_record() for inst in part], ensure_ascii=False, indent=1))
+    n_q = {name: len({inst.question for inst in part}) for name, part in (("train", train), ("test", test))}
+    print(f"train: {len(train)} instances ({n_q['train']} questions) -> {files['train']}")
+    print(f"test:  {len(test)} instances ({n_q['test']} questions) -> {files['test']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safeedit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path")
     validate.add_argument("--split", default=None)
     validate.set_defaults(func=cmd_data_validate)
+    split = data.add_parser("split", help="train/test files with every harmful question on one side only")
+    split.add_argument("path")
+    split.add_argument("--split", default=None, help="split of PATH when it is a folder or dataset id")
+    split.add_argument("--by-question", action="store_true", default=True,
+                       help="group by harmful question (always on: a shared question leaks the answer)")
+    split.add_argument("--test-fraction", type=float, default=0.3)
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--out", required=True, help="folder for train.json and test.json")
+    split.add_argument("--force", action="store_true", help="overwrite existing train.json/test.json")
+    split.set_defaults(func=cmd_data_split)
 
     gen = sub.add_parser("generate", help="answer one prompt (or one SafeEdit input) with a model")
     add_model_args(gen)
