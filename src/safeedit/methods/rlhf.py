@@ -81,6 +81,13 @@ def judge_reward(judge):
     return safety_judge
 
 
+def _cut_left(tokenizer, prompt: str, budget: int) -> str:
+    """``prompt`` cut from the left to ``budget`` tokens (the harmful question sits at the end), as
+    the bench's generation does; RLOO itself does not truncate prompts."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return prompt if len(ids) <= max(1, budget) else tokenizer.decode(ids[-max(1, budget):])
+
+
 class RLHF(Method):
     name = "rlhf"
     config_class = RLHFConfig
@@ -104,7 +111,8 @@ class RLHF(Method):
         cfg, out_dir = self.config, Path(out_dir)
         train = check_training_set(train, self.name)
         judge = self._judge()
-        rows = [{"prompt": prompt_of(tokenizer, i, chat)} for i in train]
+        rows = [{"prompt": _cut_left(tokenizer, prompt_of(tokenizer, i, chat), cfg.max_length - cfg.max_completion_length)}
+                for i in train]
         seed = torch.initial_seed() % 2**32
         with trainer_guard(model, tokenizer):
             target = add_lora(model, cfg)
