@@ -45,29 +45,6 @@ def cmd_data_validate(args) -> int:
     return 0
 
 
-def cmd_data_split(args) -> int:
-    """Write train/test files split by harmful question (no question on both sides)."""
-    from pathlib import Path
-
-    from safeedit.data import load_safeedit
-    from safeedit.data.splits import split_by_question
-    from safeedit.errors import OutputExistsError
-
-    data = load_safeedit(args.path, split=args.split)
-    train, test = split_by_question(data.instances, test_fraction=args.test_fraction, seed=args.seed)
-    out = Path(args.out)
-    paths = {"train": out / "SafeEdit_train.json", "test": out / "SafeEdit_test.json"}
-    if any(p.exists() for p in paths.values()):
-        raise OutputExistsError(f"{out} already holds SafeEdit_train.json/SafeEdit_test.json; choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train", train), ("test", test)):
-        tmp = paths[name].with_suffix(".tmp")
-        tmp.write_text(json.dumps([inst.to_record() for inst in part], ensure_ascii=False, indent=1))
-        tmp.replace(paths[name])
-        print(f"{name}: {len(part)} instances, {len({i.question for i in part})} questions -> {paths[name]}")
-    return 0
-
-
 def cmd_generate(args) -> int:
     from safeedit.data import load_safeedit
     from safeedit.lm import generate
@@ -90,6 +67,32 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_data_split(args) -> int:
+    """Write OUT/train.json and OUT/test.json, every instance of a harmful question on one side."""
+    from pathlib import Path
+
+    from safeedit.data import load_safeedit
+    from safeedit.data.splits import split_by_question
+    from safeedit.errors import OutputExistsError
+
+    data = load_safeedit(args.path, split=args.split)
+    train, test = split_by_question(data.instances, args.test_fraction, args.seed)
+    out = Path(args.out)
+    files = {"train": out / "train.json", "test": out / "test.json"}
+    existing = [str(f) for f in files.values() if f.exists()]
+    if existing and not args.force:
+        raise OutputExistsError(f"{existing[0]} exists; pass --force to overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("test", test)):  # written whole, then renamed: never half a file
+        tmp = files[name].with_suffix(".tmp")
+        tmp.write_text(json.dumps([inst.to_record() for inst in part], ensure_ascii=False, indent=1))
+        tmp.replace(files[name])
+    n_q = {name: len({inst.question for inst in part}) for name, part in (("train", train), ("test", test))}
+    print(f"train: {len(train)} instances ({n_q['train']} questions) -> {files['train']}")
+    print(f"test:  {len(test)} instances ({n_q['test']} questions) -> {files['test']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safeedit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,12 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path")
     validate.add_argument("--split", default=None)
     validate.set_defaults(func=cmd_data_validate)
-    split = data.add_parser("split", help="train/test files grouped by harmful question (for trained-once methods)")
+    split = data.add_parser("split", help="train/test files with every harmful question on one side only")
     split.add_argument("path")
-    split.add_argument("--split", default=None, help="split of PATH to read when it is a folder or dataset id")
-    split.add_argument("--out", required=True, help="folder for SafeEdit_train.json and SafeEdit_test.json")
-    split.add_argument("--test-fraction", type=float, default=0.3, help="share of questions on the test side")
+    split.add_argument("--split", default=None, help="split of PATH when it is a folder or dataset id")
+    split.add_argument("--by-question", action="store_true", default=True,
+                       help="group by harmful question (always on: a shared question leaks the answer)")
+    split.add_argument("--test-fraction", type=float, default=0.3)
     split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--out", required=True, help="folder for train.json and test.json")
+    split.add_argument("--force", action="store_true", help="overwrite existing train.json/test.json")
     split.set_defaults(func=cmd_data_split)
 
     gen = sub.add_parser("generate", help="answer one prompt (or one SafeEdit input) with a model")

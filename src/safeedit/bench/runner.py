@@ -256,7 +256,11 @@ class BenchRun:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while training
         tmp.mkdir(parents=True)
         start = time.perf_counter()
-        record = dict(method.fit(model, tok, train, chat=chat, out_dir=tmp) or {})
+        try:
+            record = dict(method.fit(model, tok, train, chat=chat, out_dir=tmp) or {})
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-trained is left that looks like an artefact
+            raise
         record.update({"fingerprint": fit_fingerprint, "method": method.name, "train_instances": len(train),
                        "seconds": time.perf_counter() - start, **peak_memory_mib()})
         os.replace(tmp, artifact)
@@ -332,9 +336,11 @@ class BenchRun:
         cfg = self.config
         method_fp = model_fingerprint(model)
         post_cache = pre_cache if method_fp == fingerprint else self._generation_cache(method_fp, gen["chat"])
-        if method_fp != fingerprint and (cfg.kqa_n or cfg.csum_n) and not any(r.get("key") == "method" for r in general.rows):
+        changes_general = method_fp != fingerprint or method.wraps_general_prompts
+        if changes_general and (cfg.kqa_n or cfg.csum_n) and not any(r.get("key") == "method" for r in general.rows):
             t0 = time.perf_counter()
-            general.append({"key": "method", **self._general_eval(model, tok, gen["chat"]),
+            wrap = method.general_prompt if method.wraps_general_prompts else None
+            general.append({"key": "method", **self._general_eval(model, tok, gen["chat"], wrap=wrap),
                             "seconds": time.perf_counter() - t0})
         per_chunk = max(1, (gen["batch_size"] * 4) // len(next(iter(todo)).eval_inputs())) if todo else 1
         bar = tqdm(total=len(todo), desc=f"bench {cfg.method}", disable=not self.progress)
@@ -366,16 +372,16 @@ class BenchRun:
         csum = load_xsum(cfg.csum_path or general_data_path("xsum_test_500.jsonl"), n=cfg.csum_n, seed=cfg.seed) if cfg.csum_n else []
         return kqa, csum
 
-    def _general_eval(self, model, tok, chat) -> dict[str, Any]:
+    def _general_eval(self, model, tok, chat, wrap=None) -> dict[str, Any]:
         from safeedit.metrics import evaluate_csum, evaluate_kqa
 
         kqa_items, csum_items = self._general_items()
         out: dict[str, Any] = {}
         if kqa_items:
-            r = evaluate_kqa(model, tok, kqa_items, chat=chat, batch_size=self.config.batch_size * 2)
+            r = evaluate_kqa(model, tok, kqa_items, chat=chat, batch_size=self.config.batch_size * 2, wrap=wrap)
             out["KQA"], out["KQA_n"] = r["accuracy"], r["n"]
         if csum_items:
-            r = evaluate_csum(model, tok, csum_items, chat=chat, batch_size=self.config.batch_size)
+            r = evaluate_csum(model, tok, csum_items, chat=chat, batch_size=self.config.batch_size, wrap=wrap)
             out["CSum"], out["CSum_n"] = r["rouge1"], r["n"]
         return out
 

@@ -96,6 +96,9 @@ class Method:
     requires_training: ClassVar[bool] = False
     #: one line for ``--help`` and reports
     summary: ClassVar[str] = ""
+    #: True: the KQA/CSum prompts go through :meth:`general_prompt` too (a prompt-only defence is on
+    #: for every query), so the runner measures general ability even when no weight changed
+    wraps_general_prompts: ClassVar[bool] = False
 
     def __init__(self, config=None, **overrides):
         if config is None:
@@ -126,4 +129,8 @@ class Method:
     # ------------------------------------------------------------ evaluation
     def eval_prompt(self, text: str) -> str:
         """How the model is prompted at evaluation time (DINM appends its suffix)."""
+        return text
+
+    def general_prompt(self, text: str) -> str:
+        """How a KQA/CSum prompt is shown to the model (unchanged unless ``wraps_general_prompts``)."""
         return text

@@ -125,12 +125,14 @@ def evaluate_kqa(
     max_new_tokens: int = 24,
     batch_size: int = 16,
     progress: bool = False,
+    wrap=None,
 ) -> dict[str, Any]:
     """TriviaQA accuracy (0-100) of ``model`` on ``items`` from :func:`load_triviaqa`.
 
     Returns ``{"accuracy", "n", "rows"}``; each row holds ``question``, ``answers``, the full
     ``response``, the ``extracted`` answer that was scored, and ``correct``. ``chat=None``
-    uses the chat template when the tokenizer has one (as :func:`safeedit.lm.generate`);
+    uses the chat template when the tokenizer has one; ``wrap`` (text -> text) rewrites each prompt
+    before it is formatted (a prompt-only defence such as Self-Reminder) (as :func:`safeedit.lm.generate`);
     ``"chat"`` in the result records the mode used.
     """
     from safeedit.lm import generate, use_chat_template
@@ -140,6 +142,8 @@ def evaluate_kqa(
     chat = use_chat_template(tokenizer, chat)
     template = KQA_PROMPT if chat else KQA_PROMPT_RAW
     prompts = [template.format(question=item["question"]) for item in items]
+    if wrap is not None:  # a prompt-only method (Self-Reminder) wraps every query
+        prompts = [wrap(p) for p in prompts]
     responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, chat=chat,
                          batch_size=batch_size, progress=progress)
     rows = []

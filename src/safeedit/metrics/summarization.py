@@ -91,12 +91,14 @@ def evaluate_csum(
     max_new_tokens: int = 48,
     batch_size: int = 8,
     progress: bool = False,
+    wrap=None,
 ) -> dict[str, Any]:
     """Mean ROUGE-1 F (0-100) of ``model``'s summaries of ``items`` from :func:`load_xsum`.
 
     Returns ``{"rouge1", "n", "rows"}``; each row holds ``id``, the reference ``summary``, the
     ``response`` and its ``rouge1`` (0-100). ``chat=None`` uses the chat template when the
-    tokenizer has one; ``"chat"`` in the result records the mode used.
+    tokenizer has one; ``wrap`` (text -> text) rewrites each prompt
+    before it is formatted (a prompt-only defence such as Self-Reminder); ``"chat"`` in the result records the mode used.
     """
     from safeedit.lm import generate, use_chat_template
 
@@ -105,6 +107,8 @@ def evaluate_csum(
     chat = use_chat_template(tokenizer, chat)
     template = CSUM_PROMPT if chat else CSUM_PROMPT_RAW
     prompts = [template.format(document=item["document"]) for item in items]
+    if wrap is not None:  # a prompt-only method (Self-Reminder) wraps every query
+        prompts = [wrap(p) for p in prompts]
     responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, chat=chat,
                          batch_size=batch_size, progress=progress)
     scores = rouge1(responses, [item["summary"] for item in items])
