@@ -7,12 +7,14 @@ from pathlib import Path
 from safeedit.errors import ConfigError
 from safeedit.methods.base import Edit, EditError, InstanceEdit, Method
 from safeedit.methods.dinm import DINM, DINMConfig
+from safeedit.methods.ft_l import FTL, FTLConfig
 from safeedit.methods.locate import Location
+from safeedit.methods.mend import MEND, MENDConfig
 from safeedit.methods.none import Unedited
 from safeedit.methods.options import ConfigFile, coerce_options, make_config, read_config_file
 
 #: name -> class; the bench runner and the CLI look methods up here
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Unedited, DINM)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Unedited, DINM, FTL, MEND)}
 
 
 def get_method(name: str, config: str | Path | ConfigFile | None = None, **overrides) -> Method:
@@ -35,5 +37,5 @@ def get_method(name: str, config: str | Path | ConfigFile | None = None, **overr
     return cls(make_config(cls.config_class, options, config.path if config else "arguments"))
 
 
-__all__ = ["DINM", "DINMConfig", "Edit", "EditError", "InstanceEdit", "Location", "METHODS", "Method",
-           "Unedited", "get_method"]
+__all__ = ["DINM", "DINMConfig", "Edit", "EditError", "FTL", "FTLConfig", "InstanceEdit", "Location", "MEND",
+           "MENDConfig", "METHODS", "Method", "Unedited", "get_method"]
