@@ -98,6 +98,9 @@ class MENDConfig:
     suffix: str | None = None
     #: token budget of one sequence, prompt cut from the left (ours: the model window)
     max_length: int | None = None
+    #: score only the first N tokens of the safe response and of the constraint answer (ours: CPU cost;
+    #: a refusal is decided by the first tokens); None = all (reference)
+    max_target_tokens: int | None = None
     #: refuse to edit an instance whose harmful question was in the training data (ours: a leak)
     refuse_train_questions: bool = True
     #: dotted path of the decoder layers, for families not in safeedit.lm.arch (ours)
@@ -327,9 +330,9 @@ class MEND(Method):
             return cached
         window = self.config.max_length or context_window(model, tokenizer)
         seqs = [build_sequence(tokenizer, self.eval_prompt(instance.adversarial_prompt), instance.safe_response,
-                               chat=chat, max_length=window),
+                               chat=chat, max_length=window, max_target=self.config.max_target_tokens),
                 build_sequence(tokenizer, instance.knowledge_constraint.prompt, instance.knowledge_constraint.answer,
-                               chat=chat, max_length=window)]
+                               chat=chat, max_length=window, max_target=self.config.max_target_tokens)]
         runner = FastRunner(model, seqs, arch, first_layer, keep_logits=False)
         if keep:
             self._runners[instance.key] = runner

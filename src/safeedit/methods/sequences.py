@@ -37,13 +37,17 @@ class TargetSequence:
         return len(self.ids) - self.target_start
 
 
-def build_sequence(tokenizer, prompt: str, target: str, *, chat: bool | None, max_length: int) -> TargetSequence:
-    """``format_prompt(prompt) + target`` as token ids; the prompt is cut from the left to fit."""
+def build_sequence(tokenizer, prompt: str, target: str, *, chat: bool | None, max_length: int,
+                   max_target: int | None = None) -> TargetSequence:
+    """``format_prompt(prompt) + target`` as token ids; the prompt is cut from the left to fit, the
+    target (when ``max_target`` is set) to its first ``max_target`` tokens."""
     text = format_prompt(tokenizer, prompt, chat=chat)
     prompt_ids = tokenizer(text, add_special_tokens=adds_special_tokens(chat, tokenizer))["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     if not target_ids:
         raise EditError(f"empty target text for prompt {prompt[:60]!r}")
+    if max_target is not None:
+        target_ids = target_ids[:max_target]
     budget = max_length - len(target_ids)
     if budget < 1:
         raise EditError(f"target of {len(target_ids)} tokens does not fit max_length {max_length}")
