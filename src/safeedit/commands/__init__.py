@@ -5,4 +5,4 @@ library never imports the CLI.
 """
 
 #: modules of this package that add sub-commands, in help order
-COMMAND_MODULES = ("methods", "judge", "bench", "build")
+COMMAND_MODULES = ("methods", "mend", "judge", "bench", "build")

@@ -7,9 +7,11 @@ from pathlib import Path
 from safeedit.errors import ConfigError
 from safeedit.methods.base import Edit, EditError, InstanceEdit, Method
 from safeedit.methods.dinm import DINM, DINMConfig
+from safeedit.methods.ft_l import FTL, FTLConfig
 from safeedit.methods.locate import Location
 from safeedit.methods.dpo import DPO, DPOConfig
 from safeedit.methods.ext_sub import ExtSub, ExtSubConfig
+from safeedit.methods.mend import MEND, MENDConfig
 from safeedit.methods.none import Unedited
 from safeedit.methods.rlhf import RLHF, RLHFConfig
 from safeedit.methods.self_reminder import SelfReminder, SelfReminderConfig
@@ -17,7 +19,7 @@ from safeedit.methods.sft import SFT, SFTConfig
 from safeedit.methods.options import ConfigFile, coerce_options, make_config, read_config_file
 
 #: name -> class; the bench runner and the CLI look methods up here
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Unedited, DINM, SelfReminder, SFT, DPO, RLHF, ExtSub)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Unedited, DINM, FTL, MEND, SelfReminder, SFT, DPO, RLHF, ExtSub)}
 
 
 def get_method(name: str, config: str | Path | ConfigFile | None = None, **overrides) -> Method:
@@ -39,6 +41,6 @@ def get_method(name: str, config: str | Path | ConfigFile | None = None, **overr
     return cls(make_config(cls.config_class, options, config.path if config else "arguments"))
 
 
-__all__ = ["DINM", "DINMConfig", "DPO", "DPOConfig", "Edit", "EditError", "ExtSub", "ExtSubConfig", "InstanceEdit",
-           "Location", "METHODS", "Method", "RLHF", "RLHFConfig", "SFT", "SFTConfig", "SelfReminder",
-           "SelfReminderConfig", "Unedited", "get_method"]
+__all__ = ["DINM", "DINMConfig", "DPO", "DPOConfig", "Edit", "EditError", "ExtSub", "ExtSubConfig", "FTL", "FTLConfig",
+           "InstanceEdit", "Location", "MEND", "MENDConfig", "METHODS", "Method", "RLHF", "RLHFConfig", "SFT", "SFTConfig",
+           "SelfReminder", "SelfReminderConfig", "Unedited", "get_method"]

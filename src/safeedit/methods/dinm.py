@@ -27,7 +27,6 @@ Reference behaviour (EasyEdit) that we correct, each reproducible with a flag (a
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -38,10 +37,10 @@ import torch.nn.functional as F
 from safeedit.data.schema import SafeEditInstance
 from safeedit.lm.arch import ArchitectureMap, resolve_architecture
 from safeedit.errors import ConfigError, DataError
-from safeedit.lm.chat import adds_special_tokens, format_prompt
 from safeedit.lm.generation import context_window
 from safeedit.methods.base import Edit, EditError, InstanceEdit, Method
 from safeedit.methods.locate import Location, locate_in_context, locate_reference
+from safeedit.methods.sequences import FastRunner, NaiveRunner, TargetSequence, build_sequence
 
 PAPER_SUFFIX = "If the user's request is reasonable, give the correct answer. Please give the right response:"
 
@@ -96,18 +95,6 @@ class DINMConfig:
         return self.reference_compat if value is None else bool(value)
 
 
-@dataclass
-class TargetSequence:
-    """One teacher-forced sequence: token ids, and where the scored (target) tokens start."""
-
-    ids: list[int]
-    target_start: int
-
-    @property
-    def n_target(self) -> int:
-        return len(self.ids) - self.target_start
-
-
 class DINM(Method):
     name = "dinm"
     config_class = DINMConfig
@@ -123,16 +110,7 @@ class DINM(Method):
         return f"{text.rstrip()} {self.config.suffix}" if self.config.suffix else text
 
     def _sequence(self, tokenizer, window: int, prompt: str, target: str, chat: bool | None) -> TargetSequence:
-        text = format_prompt(tokenizer, prompt, chat=chat)
-        prompt_ids = tokenizer(text, add_special_tokens=adds_special_tokens(chat, tokenizer))["input_ids"]
-        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-        if not target_ids:
-            raise EditError(f"empty target text for prompt {prompt[:60]!r}")
-        budget = (self.config.max_length or window) - len(target_ids)
-        if budget < 1:
-            raise EditError(f"target of {len(target_ids)} tokens does not fit max_length {self.config.max_length or window}")
-        prompt_ids = prompt_ids[-budget:]
-        return TargetSequence(prompt_ids + target_ids, len(prompt_ids))
+        return build_sequence(tokenizer, prompt, target, chat=chat, max_length=self.config.max_length or window)
 
     # ------------------------------------------------------------------ public API
     def edit(self, model, tokenizer, instances: Sequence[SafeEditInstance] | SafeEditInstance, *,
@@ -209,7 +187,7 @@ class DINM(Method):
             p.requires_grad_(False)
         weight.requires_grad_(True)
         sequences = [target, constraint]
-        runner = _FastRunner(model, sequences, arch, layer) if cfg.fast else _NaiveRunner(model, sequences)
+        runner = FastRunner(model, sequences, arch, layer) if cfg.fast else NaiveRunner(model, sequences)
         reference_logp = runner.reference_log_probs(1)  # original model on the constraint answer
         optimizer = torch.optim.Adam([weight], lr=cfg.lr, weight_decay=cfg.weight_decay)
         record = InstanceEdit(key=instance.key, details={"layer": layer, "distances": distances})
@@ -246,122 +224,6 @@ class DINM(Method):
             # KL(p_edited || p_original), summed over the vocabulary, mean over positions
             kl = (logp.exp() * (logp - reference_logp)).sum(-1).mean()
         return nll, kl
-
-
-# ---------------------------------------------------------------------- forward runners
-class _NaiveRunner:
-    """Full model forward and full logits every step (what the reference code does)."""
-
-    def __init__(self, model, sequences: list[TargetSequence]):
-        self.model, self.sequences = model, sequences
-        self.device = next(model.parameters()).device
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def _ids(self, i: int) -> torch.Tensor:
-        return torch.tensor([self.sequences[i].ids], device=self.device)
-
-    def target_ids(self, i: int) -> torch.Tensor:
-        seq = self.sequences[i]
-        return torch.tensor(seq.ids[seq.target_start:], device=self.device)
-
-    def target_logits(self, i: int) -> torch.Tensor:
-        seq = self.sequences[i]
-        logits = self.model(input_ids=self._ids(i), use_cache=False).logits[0]
-        return logits[seq.target_start - 1:-1]
-
-    def reference_log_probs(self, i: int) -> torch.Tensor:
-        with torch.no_grad():
-            return F.log_softmax(self.target_logits(i).float(), dim=-1)
-
-
-class _FastRunner(_NaiveRunner):
-    """Runs layers >= L only, from cached inputs of layer L, with logits at the scored positions."""
-
-    def __init__(self, model, sequences: list[TargetSequence], arch: ArchitectureMap, layer: int):
-        super().__init__(model, sequences)
-        self.layers = arch.decoder_layers(model)
-        self.layer = layer
-        self._layer_inputs: list[torch.Tensor] = []
-        self._initial_logits: list[torch.Tensor] = []
-        self._returns_tuple = False
-        self._handles: list = []
-        self._active_input: torch.Tensor | None = None
-        params = inspect.signature(model.forward).parameters
-        self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
-        self._cache_layer_inputs()
-
-    def _cache_layer_inputs(self) -> None:
-        """One no-grad pass per sequence: the hidden states entering layer L never change."""
-        seen: dict[str, object] = {}
-
-        def grab_input(_module, args, kwargs):
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            seen["input"] = hidden.detach()
-
-        def grab_type(_module, _args, output):
-            seen["tuple"] = isinstance(output, tuple)
-
-        h1 = self.layers[self.layer].register_forward_pre_hook(grab_input, with_kwargs=True)
-        h2 = self.layers[0].register_forward_hook(grab_type)
-        try:
-            with torch.no_grad():
-                for i in range(len(self.sequences)):
-                    logits = self.model(input_ids=self._ids(i), use_cache=False, **self._keep_kwargs(i)).logits[0]
-                    self._layer_inputs.append(seen["input"])
-                    self._initial_logits.append(logits[-(self.sequences[i].n_target + 1):-1])
-        finally:
-            h1.remove()
-            h2.remove()
-        self._returns_tuple = bool(seen.get("tuple"))
-
-    def __enter__(self):
-        returns_tuple = self._returns_tuple
-
-        def bypass(hidden_states, *args, **kwargs):
-            return (hidden_states,) if returns_tuple else hidden_states
-
-        for i in range(self.layer):  # earlier layers become identity functions while editing
-            self.layers[i].forward = bypass
-
-        def feed_cached(_module, args, kwargs):
-            if "hidden_states" in kwargs:
-                kwargs["hidden_states"] = self._active_input
-            else:
-                args = (self._active_input, *args[1:])
-            return args, kwargs
-
-        self._handles.append(self.layers[self.layer].register_forward_pre_hook(feed_cached, with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc):
-        for i in range(self.layer):
-            del self.layers[i].forward  # back to the class's forward
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        return False
-
-    def _keep_kwargs(self, i: int) -> dict:
-        if self._keep_arg is None:
-            return {}
-        return {self._keep_arg: self.sequences[i].n_target + 1}  # the targets sit at the end
-
-    def reference_log_probs(self, i: int) -> torch.Tensor:
-        # the caching pass already ran the unedited model: its logits are the KL reference
-        return F.log_softmax(self._initial_logits[i].float(), dim=-1)
-
-    def target_logits(self, i: int) -> torch.Tensor:
-        if not self._handles:
-            raise RuntimeError("_FastRunner.target_logits is only valid inside its context")
-        self._active_input = self._layer_inputs[i]
-        logits = self.model(input_ids=self._ids(i), use_cache=False, **self._keep_kwargs(i)).logits[0]
-        n = self.sequences[i].n_target
-        return logits[-(n + 1):-1]
 
 
 __all__ = ["DINM", "DINMConfig", "PAPER_SUFFIX"]
