@@ -70,17 +70,36 @@ def test_grouped_edit_and_generation_equal_one_at_a_time(family):
     assert grouped != generate(model, tok, prompts, max_new_tokens=6)  # the edits change the answers
 
 
+def test_located_group_reuses_the_location_pass_and_equals_single_edits():
+    from collections import Counter
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    opts = dict(suffix=None, lr=1e-2, steps=2)
+    method = DINM(**opts)
+    insts = [tiny_instance(s, s) for s in range(8)]
+    keys = [method.group_key(model, tok, i) for i in insts]
+    layer, count = Counter(keys).most_common(1)[0]
+    assert count >= 2 and len(set(keys)) > 1, keys  # seeds chosen so that both cases occur
+    with pytest.raises(EditError, match="one toxic layer"):
+        DINM(**opts).group_edit(model, tok, insts)
+    same = [i for i, k in zip(insts, keys) if k == layer]
+    if layer >= 1:  # location kept the hidden states entering the layer for the edit
+        assert all(method._planned[i.key][3] is not None for i in same)
+    group = method.group_edit(model, tok, same)
+    assert not method._planned.keys() & {i.key for i in same}  # consumed
+    for k, inst in enumerate(same):
+        single = tiny_model("llama")
+        edit = DINM(**opts).edit(single, tok, [inst])
+        assert torch.allclose(group.weights[k], single.get_parameter(edit.changed[0]), atol=1e-6)
+        assert group.instances[k].details["distances"] == pytest.approx(edit.instances[0].details["distances"])
+
+
 def test_group_edit_refuses_mixed_layers_and_leaves_the_model_on_nan():
     import math
 
     model, tok = tiny_model("llama"), tiny_tokenizer()
     digest = state_hash(model)
-    method = DINM(suffix=None, steps=1)
     insts = [tiny_instance(s, s) for s in range(6)]
-    layers = {method.group_key(model, tok, i) for i in insts}
-    if len(layers) > 1:
-        with pytest.raises(EditError, match="one toxic layer"):
-            method.group_edit(model, tok, insts)
     with pytest.raises(EditError, match="non-finite loss"):
         DINM(suffix=None, steps=1, layer=2, lr=math.inf).group_edit(model, tok, insts[:2])
     assert state_hash(model) == digest and all(p.requires_grad for p in model.parameters())

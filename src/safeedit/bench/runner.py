@@ -160,6 +160,10 @@ def peak_memory_mib() -> dict[str, float]:
     import resource
 
     out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:  # the resident memory right now (Linux)
+        out["rss_mib"] = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
+    except (OSError, IndexError, ValueError):
+        pass
     if torch.cuda.is_available():
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -250,6 +254,7 @@ class BenchRun:
             "model_fingerprint": fingerprint, "judge": repr(judge), "versions": _versions(),
             "instances": len(instances), "train_instances": len(train) if train is not None else None,
             "train_test_overlap": overlap, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "shards": world, "memory_after_load": peak_memory_mib(),
         }
         self._check_or_write_run_json(meta)
         results = ResultsStore(self.out / shard_name("results", rank, world))
@@ -346,16 +351,26 @@ class BenchRun:
             results.append(self._one_edit(model, tok, method, inst, cache, gen, judge, fingerprint,
                                           general if with_general else None))
             bar.update(1)
-        # location first (DINM: the toxic layer of every instance, on the unedited model), then groups
-        # of up to group_size instances with one key, in the order the keys first appear
-        by_key: dict[Any, list] = {}
-        for inst in tqdm(later, desc="group keys", disable=not self.progress or not later, leave=False):
-            by_key.setdefault(method.group_key(model, tok, inst, chat=gen["chat"]), []).append(inst)
-        for members in by_key.values():
-            for start in range(0, len(members), cfg.group_size):
-                group = members[start:start + cfg.group_size]
-                results.extend(self._group_edit(model, tok, method, group, cache, gen, judge, fingerprint))
-                bar.update(len(group))
+        # location first (DINM: the toxic layer, on the unedited model), then groups of group_size
+        # instances with one key; a window of 4 groups' worth is located at a time, so what location
+        # keeps for the edit stays bounded, and keys left with a partial group wait for later windows
+        pending: dict[Any, list] = {}
+        window = cfg.group_size * 4
+
+        def run(group):
+            results.extend(self._group_edit(model, tok, method, group, cache, gen, judge, fingerprint))
+            bar.update(len(group))
+
+        for start in range(0, len(later), window):
+            for inst in later[start:start + window]:
+                pending.setdefault(method.group_key(model, tok, inst, chat=gen["chat"]), []).append(inst)
+            for members in pending.values():
+                while len(members) >= cfg.group_size:
+                    run(members[:cfg.group_size])
+                    del members[:cfg.group_size]
+        for members in pending.values():
+            if members:
+                run(members)
         bar.close()
 
     def _group_edit(self, model, tok, method, insts, cache, gen, judge, fingerprint) -> list[dict[str, Any]]:

@@ -118,7 +118,9 @@ class DINM(Method):
     def __init__(self, config: DINMConfig | None = None, **overrides):
         super().__init__(config, **overrides)
         self._first_layer: int | None = None  # for locate_once
-        self._planned: dict[str, tuple[int, list[float] | None, float]] = {}  # group_key's locations
+        #: group_key's locations: layer, distances, seconds, hidden states entering the layer (target)
+        self._planned: dict[str, tuple] = {}
+        self._last_location: Location | None = None
 
     # ------------------------------------------------------------------ prompts and tokens
     def eval_prompt(self, text: str) -> str:
@@ -192,6 +194,7 @@ class DINM(Method):
         if self.config.flag("locate_once") and self._first_layer is not None:
             return self._first_layer, None
         location = self.locate(model, tokenizer, instance, arch, chat=chat)
+        self._last_location = location
         if self._first_layer is None:
             self._first_layer = location.layer
         return location.layer, location.distances
@@ -256,12 +259,25 @@ class DINM(Method):
         return bool(self.config.fast)  # the grouped loop is the fast path, batched
 
     def group_key(self, model, tokenizer, instance: SafeEditInstance, *, chat: bool | None = None) -> int:
-        """The toxic layer (located now, on the unedited model, and kept for :meth:`group_edit`)."""
+        """The toxic layer (located now, on the unedited model, and kept for :meth:`group_edit`).
+
+        In-context location already ran prompt + safe response, the edit's target sequence, through
+        the unedited model: the hidden states entering the toxic layer are kept, so the grouped edit
+        does not run that sequence again.
+        """
         if instance.key not in self._planned:
             arch = resolve_architecture(model, layers=self.config.layers_module, w_v=self.config.wv_module)
             start = time.perf_counter()
+            self._last_location = None
             layer, distances = self._choose_layer(model, tokenizer, arch, instance, chat)
-            self._planned[instance.key] = (layer, distances, time.perf_counter() - start)
+            location, self._last_location = self._last_location, None
+            target_input = None
+            if location is not None and location.safe_layer_input is not None and location.layer == layer:
+                target = self._sequence(tokenizer, context_window(model, tokenizer),
+                                        self.eval_prompt(instance.adversarial_prompt), instance.safe_response, chat)
+                if location.safe_layer_input.shape[1] == len(target.ids):  # the same sequence, not cut otherwise
+                    target_input = location.safe_layer_input[0]
+            self._planned[instance.key] = (layer, distances, time.perf_counter() - start, target_input)
         return self._planned[instance.key][0]
 
     def group_edit(self, model, tokenizer, instances: Sequence[SafeEditInstance], *,
@@ -309,7 +325,9 @@ class DINM(Method):
         try:
             for p in model.parameters():
                 p.requires_grad_(False)
-            runner = _GroupRunner(model, arch, layer, [targets, constraints])
+            known = [c[3] for c in chosen]
+            runner = _GroupRunner(model, arch, layer, [targets, constraints],
+                                  known_inputs={0: known} if all(x is not None for x in known) else None)
             reference = runner.reference_log_probs(1)
             optimizer = torch.optim.Adam([stacked], lr=cfg.lr, weight_decay=cfg.weight_decay)
             wrapper = RowWiseLinear(base, stacked, range(k_count), transposed=arch.w_v_transposed)
@@ -513,8 +531,10 @@ class _GroupRunner(_FastRunner):
     first scored position of any row to the end; each row then takes its own scored positions.
     """
 
-    def __init__(self, model, arch: ArchitectureMap, layer: int, batches: list[list[TargetSequence]]):
+    def __init__(self, model, arch: ArchitectureMap, layer: int, batches: list[list[TargetSequence]],
+                 known_inputs: dict[int, list[torch.Tensor]] | None = None):
         self.model = model
+        self._known = known_inputs or {}  # batch -> per-row inputs of layer L already computed
         self.device = next(model.parameters()).device
         self.layers = arch.decoder_layers(model)
         self.layer = layer
@@ -551,6 +571,14 @@ class _GroupRunner(_FastRunner):
         try:
             with torch.no_grad():
                 for b in range(len(self.batches)):
+                    if b in self._known:  # right-pad the known rows; no forward, no initial logits needed
+                        rows = self._known[b]
+                        padded = rows[0].new_zeros((len(rows), self._padded[b].shape[1], rows[0].shape[-1]))
+                        for i, x in enumerate(rows):
+                            padded[i, :x.shape[0]] = x
+                        self._initial_logits.append([])
+                        self._layer_inputs.append(padded)
+                        continue
                     self._initial_logits.append(self._row_logits(b, self._forward(b)))
                     self._layer_inputs.append(seen["input"])
         finally:
