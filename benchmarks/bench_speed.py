@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--reference", action="store_true", help="also time the old reference-style loop")
     ap.add_argument("--no-shards", action="store_true", help="skip the two-process row")
+    ap.add_argument("--workdir", default=None, help="keep the run folders here (default: a temporary folder)")
     ap.add_argument("--_row", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="dinm", help=argparse.SUPPRESS)
@@ -132,12 +133,14 @@ def main() -> None:
     args.judge = args.judge or str(default_judge_dir())  # before the private cache below
 
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = Path(args.workdir or tmp)  # --workdir keeps the run folders for inspection
+        tmp.mkdir(parents=True, exist_ok=True)
         # a private generation cache (the model cache is shared), warmed by the unedited model first
         cache = tmp / "cache"
-        cache.mkdir()
+        cache.mkdir(exist_ok=True)
         real_models = Path(os.environ.get("SAFEEDIT_CACHE", Path.home() / ".cache" / "safeedit")).expanduser() / "models"
-        (cache / "models").symlink_to(real_models)
+        if not (cache / "models").exists():
+            (cache / "models").symlink_to(real_models)
         os.environ["SAFEEDIT_CACHE"] = str(cache)
         t0 = time.perf_counter()
         _result(_child(args, tmp / "warm", "none", 1, args.threads))
@@ -150,7 +153,7 @@ def main() -> None:
             r = _result(_child(args, tmp / name, "dinm", k, args.threads))
             r["outer_wall_s"] = time.perf_counter() - start  # with interpreter start, as the shards below
             results[name] = r
-            print(f"{label}: {r}", file=sys.stderr)
+            print(f"{label}: {r}", file=sys.stderr, flush=True)
             table.append([label, f"{r['wall_s'] / args.instances:.1f}", f"{_loop_seconds(tmp / name):.1f}",
                           f"{r['after_load_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['peak_mib'] / r['after_load_mib']:.2f}"])
         base = float(table[0][1])

@@ -237,6 +237,7 @@ class BenchRun:
         train, overlap = self._training_split(method, instances)
         judge = SafetyJudge.from_pretrained(cfg.judge)
         rank, world = shard_from_env()
+        self.rank, self.world = rank, world
         device = cfg.device
         if device is None and world > 1 and torch.cuda.is_available() and cfg.device_map is None:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"  # one GPU each
@@ -270,6 +271,8 @@ class BenchRun:
         if rank == 0:
             self._general_unedited(model, tok, chat, general, fingerprint)
         if train is not None:
+            if rank > 0:  # shards train nothing: wait for rank 0's artefact, then load it
+                self._wait_for_fit()
             self._fit(method, model, tok, train, chat, fingerprint)
         if method.per_instance:
             self._run_per_instance(model, tok, method, instances, todo, pre_cache, gen, judge, fingerprint, general, results)
@@ -280,6 +283,16 @@ class BenchRun:
         if world > 1 and not summarize(self.out)["complete"]:
             return summarize(self.out)  # the last shard to finish writes the merged report
         return write_run_outputs(self.out)
+
+    def _wait_for_fit(self, poll_s: float = 5.0) -> None:
+        import logging
+
+        waited = 0.0
+        while not (self.out / "fit.json").is_file():
+            if waited % 300 < poll_s:
+                logging.getLogger(__name__).warning("rank %d waits for rank 0 to train (%s/fit.json)", self.rank, self.out)
+            time.sleep(poll_s)
+            waited += poll_s
 
     def _fit(self, method, model, tok, train, chat, fingerprint) -> dict[str, Any]:
         """Train once, or re-apply the saved artefact of an earlier (killed) run of this folder."""
@@ -427,7 +440,8 @@ class BenchRun:
         cfg = self.config
         method_fp = model_fingerprint(model)
         post_cache = pre_cache if method_fp == fingerprint else self._generation_cache(method_fp, gen["chat"])
-        if method_fp != fingerprint and (cfg.kqa_n or cfg.csum_n) and not any(r.get("key") == "method" for r in general.rows):
+        if (method_fp != fingerprint and (cfg.kqa_n or cfg.csum_n) and getattr(self, "rank", 0) == 0
+                and not any(r.get("key") == "method" for r in general.rows)):
             t0 = time.perf_counter()
             general.append({"key": "method", **self._general_eval(model, tok, gen["chat"]),
                             "seconds": time.perf_counter() - t0})
