@@ -1,21 +1,28 @@
-"""Seconds per instance of the evaluation loop: reference-style vs ours, in one run.
+"""Seconds per instance of `safeedit bench` with DINM: one at a time vs grouped, and sharded runs.
 
-(a) reference-style: for each instance, generate the five inputs one at a time on the unedited
-    model, edit, generate the five inputs one at a time on the edited model, judge, restore —
-    nothing is reused between instances or methods;
-(b) ours, cold cache: `safeedit bench` with an empty generation cache (pre-edit generations batched
-    across instances, post-edit generations batched per instance);
-(c) ours, warm cache: a second method on the same model reuses every pre-edit generation.
-All use DINM with the paper's settings, greedy decoding, the same max_new_tokens and judge; KQA
-and CSum are off so only the safety loop is timed.
+Rows (each in its own process, so peak RSS is its own; all share one warm pre-edit generation
+cache, made first and not timed, so the rows time what differs: locate + edit + post-edit
+generation + judge + restore check):
 
-Usage: python benchmarks/bench_speed.py [--instances 4] [--max-new-tokens 48]
+(a) one at a time: ``--group-size 1`` (edit, generate the 5 post-edit inputs, restore, per instance);
+(b) grouped: ``--group-size K`` (K instances of one toxic layer edited in one batched loop, their
+    5K post-edit inputs generated in one call with per-row W_V);
+(c) sharded: the run of (b) split over two processes (RANK/WORLD_SIZE as torchrun sets them), each
+    with half the threads, against (b) in one process: wall time, merged rows, identical content.
+
+Also printed: the share of post-edit responses that are identical between (a) and (b), and
+between (b) and (c). ``--reference`` adds the old reference-style loop (one input at a time).
+KQA/CSum are off. On a shared machine run the rows in one invocation so they suffer alike.
+
+Usage: python benchmarks/bench_speed.py [--instances 8] [--max-new-tokens 64] [--group-size 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,44 +50,159 @@ def reference_loop(model, tok, judge, instances, max_new_tokens: int) -> float:
     return (time.perf_counter() - start) / len(instances)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--instances", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+def bench_config(args, out: str, method: str = "dinm", group_size: int = 1):
+    from safeedit.bench.runner import BenchConfig
+
+    return BenchConfig(method=method, data=str(SAMPLE), judge=args.judge, out=out, limit=args.instances,
+                       max_new_tokens=args.max_new_tokens, kqa_n=0, csum_n=0, dtype="float32", device="cpu",
+                       group_size=group_size)
+
+
+def row_main(args) -> None:
+    """One row, in this process: run the bench, print a JSON line of timings and memory."""
     import torch
 
     torch.set_num_threads(args.threads)
-    from safeedit.bench.runner import BenchConfig, run_bench
-    from safeedit.data import load_safeedit
-    from safeedit.judge import SafetyJudge, default_judge_dir
-    from safeedit.lm import load_model
+    from safeedit.bench.runner import peak_memory_mib, run_bench
 
-    judge_dir = str(default_judge_dir())
-    model, tok = load_model("smollm2-135m", dtype="float32", device="cpu")
-    judge = SafetyJudge.from_pretrained(judge_dir)
-    instances = load_safeedit(SAMPLE).instances[: args.instances]
-    rows = [["(a) reference-style: one input at a time, no reuse", f"{reference_loop(model, tok, judge, instances, args.max_new_tokens):.1f}"]]
-    del model
+    start = time.perf_counter()
+    run_bench(bench_config(args, args.out, args.method, args.group_size), progress=False)
+    wall = time.perf_counter() - start
+    meta = json.loads((Path(args.out) / "run.json").read_text())
+    print(json.dumps({"wall_s": wall, "after_load_mib": meta["memory_after_load"].get("rss_mib"),
+                      "peak_mib": peak_memory_mib()["peak_rss_mib"]}))
+
+
+def _child(args, out, method, group_size, threads, env_extra=None) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--_row", "--out", str(out), "--method", method, "--group-size", str(group_size),
+           "--threads", str(threads), "--instances", str(args.instances), "--judge", args.judge, "--max-new-tokens", str(args.max_new_tokens)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(env_extra or {}))
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def _result(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"a benchmark row failed (exit {proc.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _rows(folder: Path) -> dict[str, dict]:
+    rows = {}
+    for f in sorted(folder.glob("results*.jsonl")):
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            rows[row["key"]] = row
+    return rows
+
+
+def _loop_seconds(folder: Path) -> float:
+    rows = _rows(folder).values()
+    return sum(r["times"]["total_s"] for r in rows) / len(rows)
+
+
+def _same_share(a: Path, b: Path) -> tuple[int, int]:
+    ra, rb = _rows(a), _rows(b)
+    same = total = 0
+    for key in ra:
+        for k, v in ra[key]["post"].items():
+            if k != "_fluency":
+                total += 1
+                same += v["response"] == rb[key]["post"][k]["response"]
+    return same, total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--instances", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--reference", action="store_true", help="also time the old reference-style loop")
+    ap.add_argument("--no-shards", action="store_true", help="skip the two-process row")
+    ap.add_argument("--workdir", default=None, help="keep the run folders here (default: a temporary folder)")
+    ap.add_argument("--_row", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--method", default="dinm", help=argparse.SUPPRESS)
+    ap.add_argument("--judge", default=None, help="safety judge folder (default: the cached judge)")
+    args = ap.parse_args()
+    if args._row:
+        return row_main(args)
+    from safeedit.judge import default_judge_dir
+
+    args.judge = args.judge or str(default_judge_dir())  # before the private cache below
+
     with tempfile.TemporaryDirectory() as tmp:
-        # a private generation cache, so (b) really starts cold; the model cache is shared
-        gen_cache = Path(tmp) / "cache"
-        (gen_cache / "models").parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.workdir or tmp)  # --workdir keeps the run folders for inspection
+        tmp.mkdir(parents=True, exist_ok=True)
+        # a private generation cache (the model cache is shared), warmed by the unedited model first
+        cache = tmp / "cache"
+        cache.mkdir(exist_ok=True)
         real_models = Path(os.environ.get("SAFEEDIT_CACHE", Path.home() / ".cache" / "safeedit")).expanduser() / "models"
-        (gen_cache / "models").symlink_to(real_models)
-        os.environ["SAFEEDIT_CACHE"] = str(gen_cache)
-        for label, out in (("(b) ours, cold generation cache", "cold"), ("(c) ours, warm cache (second method)", "warm")):
-            cfg = BenchConfig(method="dinm", data=str(SAMPLE), judge=judge_dir, out=str(Path(tmp) / out),
-                              limit=args.instances, max_new_tokens=args.max_new_tokens, kqa_n=0, csum_n=0,
-                              dtype="float32", device="cpu")
+        if not (cache / "models").exists():
+            (cache / "models").symlink_to(real_models)
+        os.environ["SAFEEDIT_CACHE"] = str(cache)
+        t0 = time.perf_counter()
+        _result(_child(args, tmp / "warm", "none", 1, args.threads))
+        print(f"pre-edit generations cached in {time.perf_counter() - t0:.0f} s (not timed below)", file=sys.stderr)
+
+        table, results = [], {}
+        for label, name, k in (("(a) one at a time (--group-size 1)", "one", 1),
+                               (f"(b) grouped (--group-size {args.group_size})", "grouped", args.group_size)):
             start = time.perf_counter()
-            run_bench(cfg, progress=False)
-            rows.append([label, f"{(time.perf_counter() - start) / args.instances:.1f}"])
-    print(f"evaluation loop, DINM, smollm2-135m, {args.instances} instances x 5 inputs, max_new_tokens={args.max_new_tokens}, "
-          f"{args.threads} threads (ours includes model load and fingerprint)\n")
-    base = float(rows[0][1])
-    print_table(["loop", "s / instance", "speed-up"], [r + [f"{base / float(r[1]):.1f}x"] for r in rows])
+            r = _result(_child(args, tmp / name, "dinm", k, args.threads))
+            r["outer_wall_s"] = time.perf_counter() - start  # with interpreter start, as the shards below
+            results[name] = r
+            print(f"{label}: {r}", file=sys.stderr, flush=True)
+            table.append([label, f"{r['wall_s'] / args.instances:.1f}", f"{_loop_seconds(tmp / name):.1f}",
+                          f"{r['after_load_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['peak_mib'] / r['after_load_mib']:.2f}"])
+        base = float(table[0][1])
+        for row in table:
+            row.insert(2, f"{base / float(row[1]):.2f}x")
+        same, total = _same_share(tmp / "one", tmp / "grouped")
+
+        shard_line = None
+        if not args.no_shards:
+            start = time.perf_counter()
+            procs = [_child(args, tmp / "sharded", "dinm", args.group_size, max(1, args.threads // 2),
+                            {"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)}) for r in (0, 1)]
+            shard_results = [_result(p) for p in procs]
+            wall = time.perf_counter() - start
+            merged = _rows(tmp / "sharded")
+            s_same, s_total = _same_share(tmp / "grouped", tmp / "sharded")
+            per_shard = {f.name: len(f.read_text().splitlines()) for f in sorted((tmp / "sharded").glob("results*.jsonl"))}
+            summary = json.loads((tmp / "sharded" / "summary.json").read_text())
+            shard_line = (wall, results["grouped"]["outer_wall_s"], len(merged), per_shard, s_same, s_total, summary["complete"],
+                          [r["peak_mib"] for r in shard_results])
+
+        ref = None
+        if args.reference:
+            import torch
+
+            torch.set_num_threads(args.threads)
+            from safeedit.data import load_safeedit
+            from safeedit.judge import SafetyJudge
+            from safeedit.lm import load_model
+
+            model, tok = load_model("smollm2-135m", dtype="float32", device="cpu")
+            ref = reference_loop(model, tok, SafetyJudge.from_pretrained(args.judge),
+                                 load_safeedit(SAMPLE).instances[: args.instances], args.max_new_tokens)
+
+    print(f"\nsafeedit bench, DINM, smollm2-135m fp32 CPU, {args.instances} SafeEdit sample instances x 5 inputs, "
+          f"max_new_tokens={args.max_new_tokens}, {args.threads} threads, warm pre-edit cache, KQA/CSum off\n")
+    print_table(["loop", "s / instance (run)", "speed-up", "s / instance (loop)", "RSS after load MiB",
+                 "peak RSS MiB", "peak / after load"], table)
+    print("\n'run' is the whole run_bench call over the instances (model + judge load, location, edit, post-edit "
+          "generation, judge, restore check, report); 'loop' is the per-instance times recorded in results.jsonl.")
+    print(f"\nidentical post-edit responses, grouped vs one at a time: {same}/{total} ({100 * same / total:.1f}%)")
+    if shard_line:
+        wall, one_wall, n, per_shard, s_same, s_total, complete, peaks = shard_line
+        print(f"\nsharded: 2 processes x {max(1, args.threads // 2)} thread(s): {wall:.1f} s wall vs 1 process x "
+              f"{args.threads} threads (row b): {one_wall:.1f} s (both with process start) ({one_wall / wall:.2f}x); merged rows {n} {per_shard}, "
+              f"summary complete={complete}; identical post-edit responses vs row (b): {s_same}/{s_total}; "
+              f"peak RSS per process {', '.join(f'{p:.0f}' for p in peaks)} MiB")
+    if ref is not None:
+        print(f"\nreference-style loop (one input at a time, no reuse, pre-edit generated too): {ref:.1f} s / instance")
 
 
 if __name__ == "__main__":

@@ -22,13 +22,6 @@ METRIC_HELP = {
 }
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    """The records of a run's JSONL file (none when it does not exist yet)."""
-    from safeedit.data.jsonio import read_jsonl
-
-    return [record for _, record in read_jsonl(path)] if path.exists() else []
-
-
 def side_scores(rows: list[dict[str, Any]], side: str) -> dict[str, float]:
     """DS/DG, fluency and degeneracy of ``side`` ('pre' or 'post') over ``rows``."""
     from safeedit.metrics import safety_scores
@@ -52,8 +45,11 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         raise InputNotFoundError(f"{run_dir} is not a run folder (no run.json)")
     meta = json.loads((run_dir / "run.json").read_text())
     method = meta.get("method") or {"name": meta["config"]["method"], "per_instance": meta["config"]["method"] != "none"}
-    rows = _rows(run_dir / "results.jsonl")
-    general = _rows(run_dir / "general.jsonl")
+    from safeedit.bench.store import read_shards
+
+    # a sharded run (torchrun / accelerate launch) keeps one results and one general file per process
+    rows = read_shards(run_dir, "results")
+    general = read_shards(run_dir, "general")
     summary: dict[str, Any] = {"method": method["name"], "per_instance": method["per_instance"],
                                "model": meta.get("model") or meta["config"]["model"],
                                "prompt_mode": meta["prompt_mode"], "judge": meta.get("judge"), "n": len(rows),
@@ -115,7 +111,9 @@ def write_run_outputs(run_dir: str | Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     summary = summarize(run_dir)
-    tmp = run_dir / "summary.json.tmp"
+    import os
+
+    tmp = run_dir / f"summary.json.{os.getpid()}.tmp"  # shards may finish at the same moment
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(run_dir / "summary.json")
     metrics = [m for m in METRIC_ORDER if m in summary["pre"] or m in summary["post"]]

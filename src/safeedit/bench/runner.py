@@ -1,7 +1,12 @@
 """The benchmark loop, for both kinds of method (see :mod:`safeedit.methods.base`).
 
-Per-instance editors (DINM, ...): evaluate unedited -> edit -> evaluate edited -> restore -> verify,
-one instance after another. Trained-once methods (none, SFT, ...): ``fit`` once on the training
+Per-instance editors (DINM, ...): evaluate unedited -> edit -> evaluate edited -> restore -> verify.
+A method that can edit in groups (``Method.supports_grouping``, DINM) has its instances grouped by
+``Method.group_key`` (DINM: the toxic layer, located first) into groups of ``group_size``; each group
+is edited in one batched loop, its post-edit responses generated in one batched ``generate`` with
+each row served by its own instance's edit, judged, verified, and written to ``results.jsonl`` as
+one unit. Other methods, and the first ``general_instances`` (KQA/CSum on each edited model), run
+one instance at a time. Trained-once methods (none, SFT, ...): ``fit`` once on the training
 split (or nothing to fit), then evaluate every test instance on that one model, with the
 post-method generations batched across instances. The runner knows no method by name.
 
@@ -9,7 +14,11 @@ A run folder is self-describing and resumable:
 
     run.json        config, prompt mode, generation settings, seed, model fingerprint, judge, versions
     fit.json        what training cost (seconds, peak memory) and its fingerprint; artifact/ holds it
-    results.jsonl   one line per instance, appended and fsync'ed as it goes
+    results.jsonl   one line per instance, appended and fsync'ed as it goes (a group at a time)
+    results.rank{r}-of{w}.jsonl, general.rank{r}-of{w}.jsonl
+                    the same, per process, when a launcher (torchrun, accelerate launch) runs w
+                    processes: RANK/WORLD_SIZE from the environment split the instances in blocks
+                    of ``group_size``; summary and report merge every shard; each resumes its own
     general.jsonl   KQA/CSum of the unedited model and of the method's model(s)
     summary.json    aggregate scores (written at the end, from results.jsonl)
     report.md       tables; *.png charts
@@ -36,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from safeedit.bench.fingerprint import model_fingerprint
-from safeedit.bench.store import GenerationCache, JsonlStore, ResultsStore
+from safeedit.bench.store import GenerationCache, JsonlStore, ResultsStore, read_shards, shard_name
 from safeedit.data import EVAL_KEYS, load_safeedit
 from safeedit.data.splits import question_overlap
 from safeedit.errors import ConfigError, DataError, RunFailedError, UserError
@@ -84,6 +93,11 @@ class BenchConfig:
     chat: bool | None = None
     #: prompts per generation batch
     batch_size: int = 8
+    #: per-instance editors that can edit in groups (DINM): instances edited and evaluated together
+    #: (same toxic layer); 1 is one at a time. Results equal one at a time up to float summation order
+    group_size: int = 8
+    #: ``auto``: let accelerate place a model larger than one GPU over all visible GPUs
+    device_map: str | None = None
     #: seed for sampling, data subsets and training
     seed: int = 0
     #: YAML file of method options (``configs/<method>/*.yaml``)
@@ -109,7 +123,8 @@ class BenchConfig:
     def identity(self) -> dict[str, Any]:
         """What must match for a run folder to be resumed (not paths to outputs or progress bars)."""
         d = asdict(self)
-        for k in ("out", "judge", "judge_format", "judge_base_url", "batch_size", "device", "trust_remote_code"):
+        for k in ("out", "judge", "judge_format", "judge_base_url", "batch_size", "device", "trust_remote_code",
+                  "group_size", "device_map"):
             d.pop(k)
         return d
 
@@ -120,6 +135,22 @@ class RunFolderError(UserError):
 
 class BenchError(RunFailedError):
     """The run could not continue (the model differs after a restore, a generation is missing)."""
+
+
+def shard_from_env() -> tuple[int, int]:
+    """(rank, world size) set by torchrun / accelerate launch; (0, 1) for a plain process."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"bad RANK={rank} / WORLD_SIZE={world} in the environment")
+    return rank, world
+
+
+def shard_instances(instances: list, rank: int, world: int, block: int) -> list:
+    """Instances of shard ``rank``: blocks of ``block`` consecutive instances dealt round-robin
+    (a group stays in one process, so a sharded run forms the same groups as a single one)."""
+    block = max(1, block)
+    return [inst for i, inst in enumerate(instances) if (i // block) % world == rank]
 
 
 def _versions() -> dict[str, str]:
@@ -136,6 +167,10 @@ def peak_memory_mib() -> dict[str, float]:
     import resource
 
     out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:  # the resident memory right now (Linux)
+        out["rss_mib"] = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
+    except (OSError, IndexError, ValueError):
+        pass
     if torch.cuda.is_available():
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -164,7 +199,9 @@ class BenchRun:
                                      "use a new --out folder")
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(path, meta)
+        tmp = path.with_name(f"run.json.{os.getpid()}.tmp")  # shards start at the same moment
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+        tmp.replace(path)
 
     def _training_split(self, method, test) -> tuple[list | None, dict | None]:
         """The training instances (None when the method trains nothing) and the overlap report."""
@@ -206,7 +243,15 @@ class BenchRun:
         method = get_method(cfg.method, config_file, **cfg.method_options)
         train, overlap = self._training_split(method, instances)
         judge = load_judge(cfg.judge, device=cfg.device, format=cfg.judge_format, base_url=cfg.judge_base_url)
-        model, tok = load_model(model_name, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+        rank, world = shard_from_env()
+        self.rank, self.world = rank, world
+        device = cfg.device
+        if device is None and world > 1 and torch.cuda.is_available() and cfg.device_map is None:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"  # one GPU each
+        if cfg.group_size < 1:
+            raise ConfigError(f"group_size must be >= 1, got {cfg.group_size}")
+        model, tok = load_model(model_name, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
+                                device_map=cfg.device_map)
         chat = use_chat_template(tok, cfg.chat)
         fingerprint = model_fingerprint(model)
         gen_settings = {"max_new_tokens": cfg.max_new_tokens, "chat": chat, "do_sample": False}
@@ -218,27 +263,44 @@ class BenchRun:
             "model_fingerprint": fingerprint, "judge": judge.identity(), "versions": _versions(),
             "instances": len(instances), "train_instances": len(train) if train is not None else None,
             "train_test_overlap": overlap, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "shards": world, "memory_after_load": peak_memory_mib(),
         }
         self._check_or_write_run_json(meta)
-        results = ResultsStore(self.out / "results.jsonl")
-        done = results.done_keys()
-        todo = [inst for inst in instances if inst.key not in done]
+        results = ResultsStore(self.out / shard_name("results", rank, world))
+        # every shard's rows count as done: a run resumed with another number of processes repeats nothing
+        done = results.done_keys() | {row["key"] for row in read_shards(self.out, "results")}
+        todo = [inst for inst in shard_instances(instances, rank, world, cfg.group_size) if inst.key not in done]
         gen = dict(max_new_tokens=cfg.max_new_tokens, chat=chat, batch_size=cfg.batch_size)
 
         pre_cache = self._generation_cache(fingerprint, chat)
         self._generate_missing(model, tok, [p for i in todo for p in i.eval_inputs().values()], pre_cache, gen,
                                "pre-edit generations")
-        general = JsonlStore(self.out / "general.jsonl")
-        self._general_unedited(model, tok, chat, general, fingerprint)
+        general = JsonlStore(self.out / shard_name("general", rank, world))
+        if rank == 0:
+            self._general_unedited(model, tok, chat, general, fingerprint)
         if train is not None:
+            if rank > 0:  # shards train nothing: wait for rank 0's artefact, then load it
+                self._wait_for_fit()
             self._fit(method, model, tok, train, chat, fingerprint)
         if method.per_instance:
             self._run_per_instance(model, tok, method, instances, todo, pre_cache, gen, judge, fingerprint, general, results)
         else:
             self._run_trained_once(model, tok, method, todo, pre_cache, gen, judge, fingerprint, general, results)
-        from safeedit.bench.report import write_run_outputs
+        from safeedit.bench.report import summarize, write_run_outputs
 
+        if world > 1 and not summarize(self.out)["complete"]:
+            return summarize(self.out)  # the last shard to finish writes the merged report
         return write_run_outputs(self.out)
+
+    def _wait_for_fit(self, poll_s: float = 5.0) -> None:
+        import logging
+
+        waited = 0.0
+        while not (self.out / "fit.json").is_file():
+            if waited % 300 < poll_s:
+                logging.getLogger(__name__).warning("rank %d waits for rank 0 to train (%s/fit.json)", self.rank, self.out)
+            time.sleep(poll_s)
+            waited += poll_s
 
     def _fit(self, method, model, tok, train, chat, fingerprint) -> dict[str, Any]:
         """Train once, or re-apply the saved artefact of an earlier (killed) run of this folder."""
@@ -302,11 +364,65 @@ class BenchRun:
     def _run_per_instance(self, model, tok, method, instances, todo, cache, gen, judge, fingerprint, general, results):
         cfg = self.config
         general_keys = {inst.key for inst in instances[: cfg.general_instances]}
-        done_general = {r.get("key") for r in general.rows}
-        for inst in tqdm(todo, desc=f"bench {cfg.method}", disable=not self.progress):
+        done_general = {r.get("key") for r in general.rows} | {r.get("key") for r in read_shards(self.out, "general")}
+        grouped = cfg.group_size > 1 and method.supports_grouping
+        bar = tqdm(total=len(todo), desc=f"bench {cfg.method}", disable=not self.progress)
+        later = []
+        for inst in todo:
             with_general = inst.key in general_keys and inst.key not in done_general and (cfg.kqa_n or cfg.csum_n)
+            if grouped and not with_general:
+                later.append(inst)
+                continue
             results.append(self._one_edit(model, tok, method, inst, cache, gen, judge, fingerprint,
                                           general if with_general else None))
+            bar.update(1)
+        # location first (DINM: the toxic layer, on the unedited model), then groups of group_size
+        # instances with one key; a window of 4 groups' worth is located at a time, so what location
+        # keeps for the edit stays bounded, and keys left with a partial group wait for later windows
+        pending: dict[Any, list] = {}
+        window = cfg.group_size * 4
+
+        def run(group):
+            results.extend(self._group_edit(model, tok, method, group, cache, gen, judge, fingerprint))
+            bar.update(len(group))
+
+        for start in range(0, len(later), window):
+            for inst in later[start:start + window]:
+                pending.setdefault(method.group_key(model, tok, inst, chat=gen["chat"]), []).append(inst)
+            for members in pending.values():
+                while len(members) >= cfg.group_size:
+                    run(members[:cfg.group_size])
+                    del members[:cfg.group_size]
+        for members in pending.values():
+            if members:
+                run(members)
+        bar.close()
+
+    def _group_edit(self, model, tok, method, insts, cache, gen, judge, fingerprint) -> list[dict[str, Any]]:
+        """Edit a group at once, generate its 5K post-edit responses in one call (row k of the batch
+        served by its own instance's edit), verify the model is untouched, judge; one row each."""
+        t0 = time.perf_counter()
+        inputs = [inst.eval_inputs() for inst in insts]
+        rows = [self._row(inst, judge, inp, dict(zip(inp, cache.lookup(inp.values())))) for inst, inp in zip(insts, inputs)]
+        t1 = time.perf_counter()
+        group = method.group_edit(model, tok, insts, chat=gen["chat"])
+        t2 = time.perf_counter()
+        prompts = [method.eval_prompt(v) for inp in inputs for v in inp.values()]
+        owners = [k for k, inp in enumerate(inputs) for _ in inp]
+        texts = generate(model, tok, prompts, **gen, row_context=lambda idx: group.rows([owners[i] for i in idx]))
+        t3 = time.perf_counter()
+        if model_fingerprint(model) != fingerprint:  # a grouped edit never writes the model's tensors
+            raise BenchError(f"model differs from the unedited one after the group {[i.key for i in insts]}")
+        start = 0
+        n = len(insts)
+        for k, (row, inp) in enumerate(zip(rows, inputs)):
+            post = dict(zip(inp, texts[start:start + len(inp)]))
+            start += len(inp)
+            row["post"] = self._judge_block(judge, inp, post)
+            row["edit"] = group.instances[k].as_dict()
+            row["times"] = {"edit_s": (t2 - t1) / n, "post_generate_s": (t3 - t2) / n,
+                            "total_s": (time.perf_counter() - t0) / n, "group_size": n}
+        return rows
 
     def _one_edit(self, model, tok, method, inst, cache, gen, judge, fingerprint, general=None) -> dict[str, Any]:
         """Evaluate one instance before and after its edit; ``general`` also scores KQA/CSum while edited."""
@@ -337,7 +453,8 @@ class BenchRun:
         method_fp = model_fingerprint(model)
         post_cache = pre_cache if method_fp == fingerprint else self._generation_cache(method_fp, gen["chat"])
         changes_general = method_fp != fingerprint or method.wraps_general_prompts
-        if changes_general and (cfg.kqa_n or cfg.csum_n) and not any(r.get("key") == "method" for r in general.rows):
+        if (changes_general and (cfg.kqa_n or cfg.csum_n) and getattr(self, "rank", 0) == 0
+                and not any(r.get("key") == "method" for r in general.rows)):
             t0 = time.perf_counter()
             wrap = method.general_prompt if method.wraps_general_prompts else None
             general.append({"key": "method", **self._general_eval(model, tok, gen["chat"], wrap=wrap),
@@ -405,4 +522,5 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     return BenchRun(config, progress=progress).run()
 
 
-__all__ = ["BenchConfig", "BenchError", "BenchRun", "RunFolderError", "peak_memory_mib", "run_bench", "EVAL_KEYS"]
+__all__ = ["BenchConfig", "BenchError", "BenchRun", "RunFolderError", "peak_memory_mib", "run_bench", "shard_from_env",
+           "shard_instances", "EVAL_KEYS"]

@@ -21,7 +21,7 @@ def cmd_bench(args) -> int:
         chat=args.chat, batch_size=args.batch_size, seed=args.seed, method_config=args.config,
         method_options=parse_set_options(args.set), dtype=args.dtype, device=args.device,
         trust_remote_code=args.trust_remote_code, kqa_n=args.kqa_n, csum_n=args.csum_n,
-        general_instances=args.general_instances,
+        general_instances=args.general_instances, group_size=args.group_size, device_map=args.device_map,
     )
     run_bench(config)
     print(compare_runs([args.out]))
@@ -91,6 +91,11 @@ def register(sub) -> None:
     b.add_argument("--csum-n", type=int, default=20, help="XSum items per general evaluation (0: skip)")
     b.add_argument("--general-instances", type=int, default=3,
                    help="per-instance editors: edited models that also get KQA/CSum")
+    b.add_argument("--group-size", type=int, default=8,
+                   help="per-instance editors that support it (dinm): edit and evaluate this many instances with "
+                        "the same toxic layer at once (1: one at a time; results equal up to float rounding)")
+    b.add_argument("--device-map", default=None,
+                   help="'auto': spread a model too large for one GPU over all visible GPUs (accelerate)")
     b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("report", help="side-by-side comparison of run folders")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable, ContextManager
 
 import torch
 from tqdm.auto import tqdm
@@ -83,11 +85,16 @@ def generate(
     system: str | None = None,
     progress: bool = False,
     stats: GenerationStats | None = None,
+    row_context: Callable[[list[int]], ContextManager] | None = None,
 ) -> list[str] | str:
     """Answer each prompt; returns only the new text with special tokens stripped.
 
     ``chat=None`` uses the chat template when the tokenizer has one. Greedy by default; with
     ``do_sample=True`` pass ``seed`` for reproducible samples.
+
+    ``row_context(indices)``: a context manager entered around each batch, given the caller's
+    indices of the prompts in that batch, in row order (grouped evaluation uses it to serve each
+    row with its own instance's edit, :meth:`safeedit.methods.base.GroupEdit.rows`).
     """
     from transformers import GenerationConfig
 
@@ -131,7 +138,8 @@ def generate(
     with torch.inference_mode():
         for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
             input_ids, attention = left_pad([encoded[i] for i in batch], pad_id, device)
-            output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
+            with row_context(batch) if row_context is not None else nullcontext():
+                output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
             new = output[:, input_ids.shape[1]:]
             for row, index in enumerate(batch):
                 answers[index] = tokenizer.decode(new[row], skip_special_tokens=True).strip()

@@ -146,8 +146,12 @@ def load_model(
     dtype: str | torch.dtype | None = "auto",
     device: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
 ):
     """Return ``(model, tokenizer)`` in eval mode.
+
+    ``device_map="auto"`` (accelerate) spreads a model too large for one GPU over all visible GPUs
+    (and CPU memory if needed) instead of moving it to ``device``.
 
     The tokenizer gets a pad token (the EOS token when it has none) and left padding, which
     batched generation needs.
@@ -155,20 +159,22 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or default_device()
-    torch_dtype = _parse_dtype(dtype, device)
+    torch_dtype = _parse_dtype(dtype, "cuda" if device_map is not None and torch.cuda.is_available() else device)
     source = resolve_model_source(name_or_path)
     folder = local_folder_for(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None
+            folder, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None,
+            **({"device_map": device_map} if device_map is not None else {}),
         )
     except OSError as exc:
         raise ModelLoadError(f"could not load model {name_or_path!r} from {folder}: {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     model.eval()
     model.safeedit_source = source  # remembered for run metadata
     return model, tokenizer

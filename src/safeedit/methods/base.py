@@ -85,6 +85,32 @@ class Edit:
         return all(torch.equal(params[n], t) for n, t in self.originals.items())
 
 
+class GroupEdit:
+    """K independent per-instance edits made together and held *beside* the model (see DESIGN.md).
+
+    The model's own tensors are never written by a grouped edit: :meth:`rows` serves each batch row
+    with its own instance's edit (instance ``owners[b]`` for row ``b``) for the length of a block,
+    and :meth:`apply` writes one instance's edit into the model as an ordinary :class:`Edit` (for
+    evaluations that run one edited model at a time; ``Edit.restore()`` undoes it bit for bit).
+    """
+
+    def __init__(self, model: nn.Module, method: str, instances: list[InstanceEdit]):
+        self.model = model
+        self.method = method
+        self.instances = instances
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def rows(self, owners: Sequence[int]):
+        """Context manager: inside it, batch row ``b`` of a forward pass sees instance ``owners[b]``'s edit."""
+        raise NotImplementedError
+
+    def apply(self, k: int) -> Edit:
+        """Edit the model in place as instance ``k``'s edit alone; the returned record restores it."""
+        raise NotImplementedError
+
+
 class Method:
     """Base class: a config dataclass (paper defaults, documented per field) and the calls below."""
 
@@ -111,6 +137,29 @@ class Method:
     def edit(self, model, tokenizer, instances: Sequence[SafeEditInstance], *, chat: bool | None = None) -> Edit:
         """Edit ``model`` in place for ``instances`` (one after another); return the undo record."""
         raise NotImplementedError(f"{self.name} is not a per-instance editor")
+
+    # ------------------------------------------------------------ grouped editing (optional capability)
+    @property
+    def supports_grouping(self) -> bool:
+        """True when :meth:`group_key` and :meth:`group_edit` are implemented for this configuration.
+
+        The bench edits instances with the same :meth:`group_key` together through :meth:`group_edit`;
+        methods without it (or configured without it) are run one instance at a time.
+        """
+        return False
+
+    def group_key(self, model, tokenizer, instance: SafeEditInstance, *, chat: bool | None = None):
+        """Instances with equal keys can share one :meth:`group_edit` call (DINM: the toxic layer)."""
+        raise NotImplementedError(f"{self.name} does not edit in groups")
+
+    def group_edit(self, model, tokenizer, instances: Sequence[SafeEditInstance], *,
+                   chat: bool | None = None) -> GroupEdit:
+        """Edit each of ``instances`` *independently* (each from the unedited model), all at once.
+
+        Each instance's result equals what ``edit(model, tokenizer, [instance])`` would give (up to
+        float summation order); the model's tensors are left untouched.
+        """
+        raise NotImplementedError(f"{self.name} does not edit in groups")
 
     # ------------------------------------------------------------ training (trained-once methods, MEND)
     def fit(self, model, tokenizer, train: Sequence[SafeEditInstance], *, chat: bool | None = None,

@@ -27,7 +27,9 @@ Reference behaviour (EasyEdit) that we correct, each reproducible with a flag (a
 
 from __future__ import annotations
 
+import inspect
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,7 +40,8 @@ from safeedit.data.schema import SafeEditInstance
 from safeedit.lm.arch import ArchitectureMap, resolve_architecture
 from safeedit.errors import ConfigError, DataError
 from safeedit.lm.generation import context_window
-from safeedit.methods.base import Edit, EditError, InstanceEdit, Method
+from safeedit.lm.rowwise import RowWiseLinear, swap_module
+from safeedit.methods.base import Edit, EditError, GroupEdit, InstanceEdit, Method
 from safeedit.methods.locate import Location, locate_in_context, locate_reference
 from safeedit.methods.sequences import FastRunner, NaiveRunner, TargetSequence, build_sequence
 
@@ -104,6 +107,9 @@ class DINM(Method):
     def __init__(self, config: DINMConfig | None = None, **overrides):
         super().__init__(config, **overrides)
         self._first_layer: int | None = None  # for locate_once
+        #: group_key's locations: layer, distances, seconds, hidden states entering the layer (target)
+        self._planned: dict[str, tuple] = {}
+        self._last_location: Location | None = None
 
     # ------------------------------------------------------------------ prompts and tokens
     def eval_prompt(self, text: str) -> str:
@@ -168,6 +174,7 @@ class DINM(Method):
         if self.config.flag("locate_once") and self._first_layer is not None:
             return self._first_layer, None
         location = self.locate(model, tokenizer, instance, arch, chat=chat)
+        self._last_location = location
         if self._first_layer is None:
             self._first_layer = location.layer
         return location.layer, location.distances
@@ -226,4 +233,238 @@ class DINM(Method):
         return nll, kl
 
 
-__all__ = ["DINM", "DINMConfig", "PAPER_SUFFIX"]
+    # ------------------------------------------------------------------ grouped editing
+    @property
+    def supports_grouping(self) -> bool:
+        return bool(self.config.fast)  # the grouped loop is the fast path, batched
+
+    def group_key(self, model, tokenizer, instance: SafeEditInstance, *, chat: bool | None = None) -> int:
+        """The toxic layer (located now, on the unedited model, and kept for :meth:`group_edit`).
+
+        In-context location already ran prompt + safe response, the edit's target sequence, through
+        the unedited model: the hidden states entering the toxic layer are kept, so the grouped edit
+        does not run that sequence again.
+        """
+        if instance.key not in self._planned:
+            arch = resolve_architecture(model, layers=self.config.layers_module, w_v=self.config.wv_module)
+            start = time.perf_counter()
+            self._last_location = None
+            layer, distances = self._choose_layer(model, tokenizer, arch, instance, chat)
+            location, self._last_location = self._last_location, None
+            target_input = None
+            if location is not None and location.safe_layer_input is not None and location.layer == layer:
+                target = self._sequence(tokenizer, context_window(model, tokenizer),
+                                        self.eval_prompt(instance.adversarial_prompt), instance.safe_response, chat)
+                if location.safe_layer_input.shape[1] == len(target.ids):  # the same sequence, not cut otherwise
+                    target_input = location.safe_layer_input[0]
+            self._planned[instance.key] = (layer, distances, time.perf_counter() - start, target_input)
+        return self._planned[instance.key][0]
+
+    def group_edit(self, model, tokenizer, instances: Sequence[SafeEditInstance], *,
+                   chat: bool | None = None) -> "DINMGroupEdit":
+        """Edit K instances with the same toxic layer L independently and simultaneously.
+
+        K copies of W_V are stacked into one trainable ``[K, ...]`` tensor that stands in for layer
+        L's W_V (:class:`~safeedit.lm.rowwise.RowWiseLinear`: row k of a batch uses copy k). Each
+        step runs the K target sequences (and the K constraint sequences) as one batch from the
+        cached inputs of layer L, sums the K per-instance losses and steps one Adam over the stacked
+        tensor. Row k's loss depends only on copy k, and Adam is element-wise, so copy k follows
+        exactly the trajectory of ``edit(model, tok, [instance_k])`` (up to float summation order).
+        Sequences are right-padded: causal attention never lets a real token see the padding, and
+        positions stay those of the unpadded sequence. The model's tensors are never written.
+        """
+        instances = list(instances)
+        if not instances:
+            raise EditError("group_edit needs at least one instance")
+        if torch.is_inference_mode_enabled():
+            raise EditError("DINM needs gradients; call group_edit() outside torch.inference_mode()")
+        cfg = self.config
+        arch = resolve_architecture(model, layers=cfg.layers_module, w_v=cfg.wv_module)
+        start = time.perf_counter()
+        chosen = []
+        for inst in instances:
+            self.group_key(model, tokenizer, inst, chat=chat)
+            chosen.append(self._planned.pop(inst.key))
+        layers = sorted({c[0] for c in chosen})
+        if len(layers) != 1:
+            raise EditError(f"group_edit needs instances with one toxic layer, got layers {layers}; group by group_key()")
+        layer = layers[0]
+        located_s = [c[2] for c in chosen]
+        window = context_window(model, tokenizer)
+        targets = [self._sequence(tokenizer, window, self.eval_prompt(i.adversarial_prompt), i.safe_response, chat)
+                   for i in instances]
+        constraints = [self._sequence(tokenizer, window, i.knowledge_constraint.prompt, i.knowledge_constraint.answer, chat)
+                       for i in instances]
+        k_count = len(instances)
+        base = arch.w_v_module(model, layer)
+        stacked = torch.nn.Parameter(base.weight.detach().unsqueeze(0).repeat(k_count, *([1] * base.weight.dim())))
+        records = [InstanceEdit(key=i.key, details={"layer": layer, "distances": c[1], "group_size": k_count})
+                   for i, c in zip(instances, chosen)]
+        grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        module_name = f"{arch.layers}.{layer}.{arch.w_v}"
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            known = [c[3] for c in chosen]
+            runner = _GroupRunner(model, arch, layer, [targets, constraints],
+                                  known_inputs={0: known} if all(x is not None for x in known) else None)
+            reference = runner.reference_log_probs(1)
+            optimizer = torch.optim.Adam([stacked], lr=cfg.lr, weight_decay=cfg.weight_decay)
+            wrapper = RowWiseLinear(base, stacked, range(k_count), transposed=arch.w_v_transposed)
+            with runner, swap_module(model, module_name, wrapper):
+                for step in range(cfg.steps + 1):
+                    measuring_only = step == cfg.steps
+                    with torch.set_grad_enabled(not measuring_only):
+                        nll, kl = self._group_loss_terms(runner, reference,
+                                                         kl_grad=not (cfg.flag("kl_no_grad") or measuring_only))
+                        total = cfg.edit_weight * nll + cfg.kl_weight * kl  # [K], row k = instance k's loss
+                    finite = torch.isfinite(total.detach())
+                    if not bool(finite.all()):
+                        bad = int((~finite).nonzero()[0, 0])
+                        raise EditError(f"non-finite loss ({total[bad].item()}) at step {step} editing instance "
+                                        f"{instances[bad].key} (id={instances[bad].id!r}) at layer {layer} in a group "
+                                        f"of {k_count}; model unchanged")
+                    for k, rec in enumerate(records):
+                        rec.losses.append({"step": step, "loss": total[k].item(), "nll": nll[k].item(), "kl": kl[k].item()})
+                        if step == 0:
+                            rec.details["nll_before"] = nll[k].item()
+                        if measuring_only:
+                            rec.details["nll_after"] = nll[k].item()
+                    if measuring_only:
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    total.sum().backward()
+                    optimizer.step()
+        finally:
+            for n, p in model.named_parameters():
+                p.requires_grad_(grad_flags[n])
+        shared = (time.perf_counter() - start - sum(located_s)) / k_count
+        for rec, loc in zip(records, located_s):
+            rec.seconds = shared + loc
+        return DINMGroupEdit(model, self.name, records, arch, layer, stacked.detach())
+
+    @staticmethod
+    def _group_loss_terms(runner: "_GroupRunner", reference: list[torch.Tensor], kl_grad: bool):
+        nll = torch.stack([F.cross_entropy(logits.float(), ids)
+                           for logits, ids in zip(runner.target_logits(0), runner.target_ids(0))])
+        with torch.set_grad_enabled(kl_grad):
+            kls = []
+            for logits, ref in zip(runner.target_logits(1), reference):
+                logp = F.log_softmax(logits.float(), dim=-1)
+                kls.append((logp.exp() * (logp - ref)).sum(-1).mean())
+            kl = torch.stack(kls)
+        return nll, kl
+
+
+class DINMGroupEdit(GroupEdit):
+    """K DINM edits of one layer's W_V, held as a stacked ``[K, ...]`` tensor beside the model."""
+
+    def __init__(self, model, method: str, instances: list[InstanceEdit], arch: ArchitectureMap, layer: int,
+                 weights: torch.Tensor):
+        super().__init__(model, method, instances)
+        self.arch, self.layer, self.weights = arch, layer, weights
+        self.module_name = f"{arch.layers}.{layer}.{arch.w_v}"
+
+    @contextmanager
+    def rows(self, owners):
+        wrapper = RowWiseLinear(self.arch.w_v_module(self.model, self.layer), self.weights, owners,
+                                transposed=self.arch.w_v_transposed)
+        with swap_module(self.model, self.module_name, wrapper):
+            yield wrapper
+
+    def apply(self, k: int) -> Edit:
+        edit = Edit(model=self.model, method=self.method)
+        weight = self.arch.w_v_weight(self.model, self.layer)
+        edit.remember(self.arch.w_v_param_name(self.layer), weight)
+        with torch.no_grad():
+            weight.copy_(self.weights[k])
+        edit.instances.append(self.instances[k])
+        return edit
+
+
+class _GroupRunner(FastRunner):
+    """The fast path for a batch: K right-padded sequences per batch, layers >= L from cached inputs.
+
+    ``batches[b]`` holds K sequences (row k belongs to instance k). Logits are computed from the
+    first scored position of any row to the end; each row then takes its own scored positions.
+    """
+
+    def __init__(self, model, arch: ArchitectureMap, layer: int, batches: list[list[TargetSequence]],
+                 known_inputs: dict[int, list[torch.Tensor]] | None = None):
+        self.model = model
+        self._known = known_inputs or {}  # batch -> per-row inputs of layer L already computed
+        self.device = next(model.parameters()).device
+        self.layers = arch.decoder_layers(model)
+        self.layer = layer
+        self.batches = batches
+        self._handles: list = []
+        self._active_input: torch.Tensor | None = None
+        params = inspect.signature(model.forward).parameters
+        self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self._padded: list[torch.Tensor] = []
+        self._first: list[int] = []
+        for seqs in batches:
+            width = max(len(s.ids) for s in seqs)
+            ids = torch.zeros((len(seqs), width), dtype=torch.long)
+            for row, s in enumerate(seqs):
+                ids[row, :len(s.ids)] = torch.tensor(s.ids, dtype=torch.long)
+                ids[row, len(s.ids):] = s.ids[-1]  # right padding: never seen by a real token
+            self._padded.append(ids.to(self.device))
+            self._first.append(min(s.target_start for s in seqs) - 1)
+        self._layer_inputs: list[torch.Tensor] = []
+        self._initial_logits: list[list[torch.Tensor]] = []
+        self._cache_layer_inputs()
+
+    def _cache_layer_inputs(self) -> None:
+        seen: dict[str, object] = {}
+
+        def grab_input(_module, args, kwargs):
+            seen["input"] = kwargs.get("hidden_states", args[0] if args else None).detach()
+
+        def grab_type(_module, _args, output):
+            seen["tuple"] = isinstance(output, tuple)
+
+        h1 = self.layers[self.layer].register_forward_pre_hook(grab_input, with_kwargs=True)
+        h2 = self.layers[0].register_forward_hook(grab_type)
+        try:
+            with torch.no_grad():
+                for b in range(len(self.batches)):
+                    if b in self._known:  # right-pad the known rows; no forward, no initial logits needed
+                        rows = self._known[b]
+                        padded = rows[0].new_zeros((len(rows), self._padded[b].shape[1], rows[0].shape[-1]))
+                        for i, x in enumerate(rows):
+                            padded[i, :x.shape[0]] = x
+                        self._initial_logits.append([])
+                        self._layer_inputs.append(padded)
+                        continue
+                    self._initial_logits.append(self._row_logits(b, self._batch_forward(b)))
+                    self._layer_inputs.append(seen["input"])
+        finally:
+            h1.remove()
+            h2.remove()
+        self._returns_tuple = bool(seen.get("tuple"))
+
+    def _batch_forward(self, b: int) -> torch.Tensor:
+        ids = self._padded[b]
+        keep = {self._keep_arg: ids.shape[1] - self._first[b]} if self._keep_arg else {}
+        return self.model(input_ids=ids, use_cache=False, **keep).logits
+
+    def _row_logits(self, b: int, logits: torch.Tensor) -> list[torch.Tensor]:
+        offset = self._padded[b].shape[1] - logits.shape[1]  # positions before the kept ones
+        return [logits[row, s.target_start - 1 - offset:len(s.ids) - 1 - offset]
+                for row, s in enumerate(self.batches[b])]
+
+    def reference_log_probs(self, b: int) -> list[torch.Tensor]:
+        return [F.log_softmax(x.float(), dim=-1) for x in self._initial_logits[b]]
+
+    def target_ids(self, b: int) -> list[torch.Tensor]:
+        return [torch.tensor(s.ids[s.target_start:], device=self.device) for s in self.batches[b]]
+
+    def target_logits(self, b: int) -> list[torch.Tensor]:
+        if not self._handles:
+            raise RuntimeError("_GroupRunner.target_logits is only valid inside its context")
+        self._active_input = self._layer_inputs[b]
+        return self._row_logits(b, self._batch_forward(b))
+
+
+__all__ = ["DINM", "DINMConfig", "DINMGroupEdit", "PAPER_SUFFIX"]

@@ -16,7 +16,7 @@ Reference-compatible procedure (``without_context=True``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,9 @@ from safeedit.lm.generation import left_pad
 class Location:
     layer: int
     distances: list[float]  # one per decoder layer
+    #: the hidden states entering the toxic layer over prompt + safe response (in-context location,
+    #: layer >= 1): exactly what an edit of that layer on the same sequence caches, so it can be reused
+    safe_layer_input: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def table(self) -> str:
         top = max(self.distances) or 1.0
@@ -60,13 +63,16 @@ def locate_in_context(
 ) -> Location:
     """Corrected location: responses in context, mean over response tokens, L2 per layer."""
     device = next(model.parameters()).device
-    pooled = []
+    pooled, safe_outputs = [], None
     for response in (safe_ids, unsafe_ids):
         ids = torch.tensor([prompt_ids + response], device=device)
         outputs = _layer_outputs(model, arch, ids, torch.ones_like(ids))
         pooled.append([h[0, len(prompt_ids):].float().mean(dim=0) for h in outputs])
+        safe_outputs = outputs if safe_outputs is None else safe_outputs
     distances = [float(torch.linalg.vector_norm(a - b)) for a, b in zip(*pooled)]
-    return Location(layer=int(torch.tensor(distances).argmax()), distances=distances)
+    layer = int(torch.tensor(distances).argmax())
+    # decoder layer i-1's output is layer i's input
+    return Location(layer=layer, distances=distances, safe_layer_input=safe_outputs[layer - 1] if layer >= 1 else None)
 
 
 def locate_reference(model, safe_ids: list[int], unsafe_ids: list[int], pad_id: int) -> Location:

@@ -143,7 +143,10 @@ class FastRunner(NaiveRunner):
         def bypass(hidden_states, *args, **kwargs):
             return (hidden_states,) if returns_tuple else hidden_states
 
-        for i in range(self.layer):  # earlier layers become identity functions while editing
+        # earlier layers become identity functions while editing; a forward set on the instance
+        # (accelerate's device hooks under device_map) is put back afterwards
+        self._own_forwards = [self.layers[i].__dict__.get("forward") for i in range(self.layer)]
+        for i in range(self.layer):
             self.layers[i].forward = bypass
 
         def feed_cached(_module, args, kwargs):
@@ -157,8 +160,11 @@ class FastRunner(NaiveRunner):
         return self
 
     def __exit__(self, *exc):
-        for i in range(self.layer):
-            del self.layers[i].forward  # back to the class's forward
+        for i, own in enumerate(self._own_forwards):
+            if own is None:
+                del self.layers[i].forward  # back to the class's forward
+            else:
+                self.layers[i].forward = own
         for h in self._handles:
             h.remove()
         self._handles.clear()
