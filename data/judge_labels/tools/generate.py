@@ -21,6 +21,8 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--only", default=None, help="comma-separated prompt-id prefixes to generate (default all)")
+    ap.add_argument("--skip-done-in", nargs="*", default=[], help="other output files whose ids count as done")
     args = ap.parse_args()
     from safeedit.lm import generate, load_model
 
@@ -31,8 +33,13 @@ def main() -> None:
     for bid, q in _benign_questions().items():
         todo.append({"prompt_id": bid, "prompt_ref": {"text": q}, "question": q, "prompt": q})
     out = Path(args.out)
-    done = {json.loads(l)["prompt_id"] for l in out.read_text().splitlines()} if out.exists() else set()
-    todo = sorted((t for t in todo if t["prompt_id"] not in done), key=lambda t: len(t["prompt"]))
+    done = set()
+    for path in [out, *map(Path, args.skip_done_in)]:
+        if path.exists():
+            done |= {json.loads(l)["prompt_id"] for l in path.read_text().splitlines()}
+    only = tuple(p + ":" for p in args.only.split(",")) if args.only else None
+    todo = sorted((t for t in todo if t["prompt_id"] not in done and (only is None or t["prompt_id"].startswith(only))),
+                  key=lambda t: len(t["prompt"]))
     model, tok = load_model("smollm2-135m")
     step = args.batch_size * 2
     for s in range(0, len(todo), step):

@@ -3,7 +3,8 @@
 Writes ``data/judge_labels/prompts/attack_specs.jsonl``: harmful questions from the shared
 ``judge_train`` sources (GPTFuzz question list, Do-Not-Answer) wrapped in the attack templates of
 the SafeEdit sample (the instance's adversarial prompt with its question replaced), plus some bare
-questions and some of our benign questions inside a jailbreak template. Each spec row holds
+questions, 350 more bare Do-Not-Answer questions from every risk area, 250 bare PKU-SafeRLHF questions, and some of our benign
+questions inside a jailbreak template. Each spec row holds
 pointers, never SafeEdit or third-party text:
 
     {"prompt_id", "question_ref": "gptfuzz_q:<index>" | "dna:<id>" | "benign:<nnn>",
@@ -51,6 +52,21 @@ def main() -> None:
     for n, b in enumerate(rng.sample(benign, 24)):  # a benign question inside a jailbreak template
         specs.append({"prompt_id": f"benign_attack:{n:03d}", "question_ref": b,
                       "template_ref": templates[(n * 7) % len(templates)]})
+    # more bare Do-Not-Answer questions from every risk area (cheap short prompts; mostly for training)
+    used = {q.split(":", 1)[1] for q in questions if q.startswith("dna:")}
+    with open(shared / "judge" / "raw" / "do_not_answer" / "data_en.csv", newline="") as f:
+        all_dna = [r["id"] for r in csv.DictReader(f) if r["id"] not in used]
+    for n, i in enumerate(rng.sample(all_dna, 200)):
+        specs.append({"prompt_id": f"bare_dna:{n:03d}", "question_ref": f"dna:{i}", "template_ref": None})
+    with open(shared / "judge" / "raw" / "jailbreakeval" / "Safe-RLHFmini.csv", newline="") as f:
+        pku_questions = {}
+        for row_no, r in enumerate(csv.DictReader(f)):
+            pku_questions.setdefault(r["question"], row_no)  # one row per distinct question
+    for n, row_no in enumerate(rng.sample(sorted(pku_questions.values()), 250)):
+        specs.append({"prompt_id": f"bare_pku:{n:03d}", "question_ref": f"pku:{row_no}", "template_ref": None})
+    rest = [i for i in all_dna if i not in {s["question_ref"][4:] for s in specs if s["question_ref"].startswith("dna:")}]
+    for n, i in enumerate(rng.sample(rest, 150)):
+        specs.append({"prompt_id": f"bare_dna:{200 + n:03d}", "question_ref": f"dna:{i}", "template_ref": None})
     out = HERE / "prompts" / "attack_specs.jsonl"
     out.write_text("".join(json.dumps(s) + "\n" for s in specs))
     print(f"{len(specs)} specs, {len(templates)} templates -> {out}")

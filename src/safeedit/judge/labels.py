@@ -157,15 +157,23 @@ def _dna_questions() -> dict[str, str]:
 
 
 @lru_cache(maxsize=1)
+def _pku_questions() -> dict[str, str]:
+    """PKU-SafeRLHF mini (via JailbreakEval): 0-based data row -> question."""
+    with open(shared_data_dir() / "judge" / "raw" / "jailbreakeval" / "Safe-RLHFmini.csv", newline="", encoding="utf-8") as f:
+        return {str(i): r["question"] for i, r in enumerate(csv.DictReader(f))}
+
+
+@lru_cache(maxsize=1)
 def _benign_questions() -> dict[str, str]:
     path = data_dir() / "prompts" / "benign_alarming.jsonl"
     return {rec["prompt_id"]: rec["question"] for rec in map(json.loads, path.read_text().splitlines()) if rec}
 
 
 def question_text(ref: str) -> str:
-    """``gptfuzz_q:<index>``, ``dna:<id>`` or ``benign:<nnn>`` -> the question text."""
+    """``gptfuzz_q:<index>``, ``dna:<id>``, ``pku:<row>`` or ``benign:<nnn>`` -> the question text."""
     kind, _, key = ref.partition(":")
-    table = {"gptfuzz_q": _gptfuzz_questions, "dna": _dna_questions, "benign": lambda: _benign_questions()}.get(kind)
+    table = {"gptfuzz_q": _gptfuzz_questions, "dna": _dna_questions, "pku": _pku_questions,
+             "benign": lambda: _benign_questions()}.get(kind)
     if table is None:
         raise KeyError(f"unknown question reference {ref!r}")
     return table()[key if kind != "benign" else ref]
