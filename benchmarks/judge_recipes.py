@@ -2,6 +2,7 @@
 
     python benchmarks/judge_recipes.py train NAME [--out DIR] [--threads N]   # one recipe -> DIR/NAME
     python benchmarks/judge_recipes.py eval DIR/NAME... [--json OUT]          # validation + held-out scores
+    python benchmarks/judge_recipes.py collect DIR/NAME... --json OUT         # the same, from training reports
     python benchmarks/judge_recipes.py table RESULTS.json...                  # Markdown table
 
 Each recipe is a JudgeTrainConfig (differences from the defaults below). Training time is the
@@ -22,19 +23,17 @@ HARD_NEG_KINDS = {"benign_alarming", "benign_in_attack", "written_benign_answer"
 
 #: name -> (what it tests, JudgeTrainConfig overrides)
 RECIPES = {
-    "pool2800": ("previous default: 2,800-row balanced pool subsample, 1 epoch, argmax",
-                 dict(labels_path=None, calib_fraction=0.0)),
-    "pool2800+calib": ("+ threshold calibrated on held-out training groups",
-                       dict(labels_path=None)),
+    "pool2800+calib": ("previous default data (2,800-row balanced pool subsample, 1 epoch) + calibrated threshold",
+                       dict(labels_path=None, max_train=2800)),
     "pool-full+calib": ("whole training pool (1 epoch) instead of 2,800 rows",
                         dict(labels_path=None, max_train=None)),
-    "pool2800+labels-hardneg+calib": ("+ our labelled rows without the benign hard negatives",
-                                      dict(labels_path=NO_HARD_NEG)),
-    "pool2800+labels+calib": ("+ our labelled embedded-model rows incl. hard negatives", dict()),
-    "pool2800+labels+calib,2ep": ("same, 2 epochs", dict(epochs=2.0)),
-    "pool2800+labels+calib,prompt": ("same, reads prompt + response", dict(with_prompt=True)),
-    "pool4000+labels+calib": ("larger subsample (4,000 rows)", dict(max_train=4000)),
-    "pool2800+labels3+calib": ("labelled rows repeated 3x", dict(labels_repeats=3)),
+    "pool2000+labels+calib": ("2,000 pool rows + our labelled rows x2 (same step budget as before) + calibrated threshold",
+                              dict(max_train=2000)),
+    "pool2000+labels-hardneg+calib": ("same without the benign hard negatives in our labelled rows",
+                                      dict(max_train=2000, labels_path=NO_HARD_NEG)),
+    "pool2000+labels+calib,2ep": ("same, 2 epochs", dict(max_train=2000, epochs=2.0)),
+    "pool2000+labels+calib,prompt": ("same, reads prompt + response", dict(max_train=2000, with_prompt=True)),
+    "pool2800+labels+calib": ("2,800 pool rows + our labelled rows x2", dict(max_train=2800)),
 }
 
 
@@ -85,6 +84,24 @@ def cmd_eval(args) -> None:
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
+def cmd_collect(args) -> None:
+    """Scores from the judges' own training reports (validation + held-out, calibrated and argmax)."""
+    out = {}
+    for folder in args.judges:
+        report = json.loads((Path(folder) / "training_report.json").read_text())
+        name = Path(folder).name
+        val, held = report.get("validation_metrics"), report["metrics"]
+        if not val or "labels:safeedit_pre" not in val["per_source"]:
+            print(f"{name}: no labelled validation scores in its report; use 'eval'", file=sys.stderr)
+            continue
+        out[name] = {"train_s": report["seconds"]["train"], "steps": report["recipe"]["steps"],
+                     "threshold": (report.get("calibration") or {}).get("threshold"),
+                     "validation": val, "held_out": held}
+        if "argmax" in val and "argmax" in held:
+            out[name + " (argmax)"] = {**out[name], "threshold": None, "validation": val["argmax"], "held_out": held["argmax"]}
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
 HELD_OUT_COLUMNS = ["do_not_answer", "gptfuzz", "pku_saferlhf_mini", "jailjudge_mini", "jbb_artifacts_autojudge",
                     "diasafety", "safeedit_sample"]
 
@@ -127,10 +144,13 @@ def main() -> None:
     e.add_argument("judges", nargs="+")
     e.add_argument("--json", required=True)
     e.add_argument("--max-eval-per-source", type=int, default=150)
+    c = sub.add_parser("collect")
+    c.add_argument("judges", nargs="+")
+    c.add_argument("--json", required=True)
     tb = sub.add_parser("table")
     tb.add_argument("results", nargs="+")
     args = ap.parse_args()
-    {"train": cmd_train, "eval": cmd_eval, "table": cmd_table}[args.cmd](args)
+    {"train": cmd_train, "eval": cmd_eval, "collect": cmd_collect, "table": cmd_table}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -411,9 +411,15 @@ def test_committed_label_files_are_valid_and_disjoint():
     if not default_validation_path().is_file():
         pytest.skip("no committed label files")
     train, val = read_label_file(default_train_path()), read_label_file(default_validation_path())
-    assert len(train) >= 1000 and len(val) >= 300
     assert not {r["group"] for r in train} & {r["group"] for r in val}  # no validation question in training
     assert not {r["id"] for r in train} & {r["id"] for r in val}
+    for rows in (train, val):  # both labels and the bench's own distribution are present in each file
+        assert {r["label"] for r in rows} == {"safe", "unsafe"}
+        assert {"safeedit_pre", "safeedit_post_dinm"} <= {r["kind"] for r in rows}
+    # the second reader's rows point at labelled rows
+    ids = {r["id"] for r in train + val}
+    second = [json.loads(line) for line in (default_validation_path().parent / "second_reader.jsonl").read_text().splitlines()]
+    assert second and all(r["id"] in ids and r["label"] in ("safe", "unsafe") for r in second)
 
 
 def test_training_keeps_validation_groups_out(tmp_path, tiny_dir):

@@ -86,6 +86,27 @@ def candidates(args) -> None:
                                 "prompt_ref": {"safeedit": inst.key, "input": name}, "question": q,
                                 "group": question_group(q), "model": "smollm2-135m", "max_new_tokens": tokens,
                                 "method": "none" if phase == "pre" else method})
+    # pre-edit answers already in the bench's generation cache for instances whose run has not
+    # reached them yet (the bench generates every pre-edit answer before the first edit)
+    if args.cache:
+        from safeedit.bench.store import prompt_digest
+
+        cached = {}
+        for line in Path(args.cache).read_text().splitlines():
+            rec = json.loads(line)
+            cached[rec["prompt"]] = rec["response"]
+        tokens = int(Path(args.cache).stem.rsplit("-", 1)[-1])
+        for inst in sample.values():
+            for name, prompt in inst.eval_inputs().items():
+                response = cached.get(prompt_digest(prompt))
+                if response is None or prompt in seen_pre:
+                    continue
+                seen_pre.add(prompt)
+                q = asked_question(inst, name)
+                out.append({"id": f"{inst.key}:{name}:pre:{tokens}", "response": response, "kind": "safeedit_pre",
+                            "prompt_ref": {"safeedit": inst.key, "input": name}, "question": q,
+                            "group": question_group(q), "model": "smollm2-135m", "max_new_tokens": tokens,
+                            "method": "none"})
     specs = _specs()
     for path in args.gen:
         for line in Path(path).read_text().splitlines():
@@ -165,6 +186,7 @@ def main() -> None:
     c.add_argument("out")
     c.add_argument("--runs", nargs="*", default=[])
     c.add_argument("--gen", nargs="*", default=[])
+    c.add_argument("--cache", default=None, help="the bench's pre-edit generation cache (<fingerprint>-chat-64.jsonl)")
     b = sub.add_parser("build")
     b.add_argument("--candidates", required=True)
     b.add_argument("--labels", required=True, help="reader A's labels: JSONL of {text, label, labelled_by, note}")

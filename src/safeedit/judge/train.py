@@ -112,11 +112,20 @@ def scores(y_true: list[int], y_pred: list[float]) -> dict:
             "recall_safe": tn / (tn + fp) if tn + fp else float("nan"), "confusion": confusion}
 
 
-def evaluate(judge: SafetyJudge, rows: list[JudgeRow], batch_size: int = 64, progress: bool = False) -> dict:
-    """Scores of ``judge`` on labelled rows, overall, per source, and macro-averaged over sources."""
+def evaluate(judge: SafetyJudge, rows: list[JudgeRow], batch_size: int = 64, progress: bool = False,
+             with_argmax: bool = False) -> dict:
+    """Scores of ``judge`` on labelled rows, overall, per source, and macro-averaged over sources.
+
+    ``with_argmax``: for a judge with a calibrated threshold, also score the same predictions under
+    the paper's argmax rule (p(unsafe) > 0.5) as ``metrics["argmax"]``, at no extra model cost.
+    """
     prompts = [r.prompt for r in rows] if judge.with_prompt else None
     result = judge([r.response for r in rows], prompts=prompts, batch_size=batch_size, progress=progress)
-    return evaluate_predictions(rows, result.labels)
+    metrics = evaluate_predictions(rows, result.labels)
+    if with_argmax and judge.threshold is not None:
+        argmax = [label if label == 0.5 else float(p > 0.5) for label, p in zip(result.labels, result.unsafe_prob)]
+        metrics["argmax"] = evaluate_predictions(rows, argmax)
+    return metrics
 
 
 def evaluate_predictions(rows: list[JudgeRow], labels: list[float]) -> dict:
@@ -453,11 +462,11 @@ def train_judge(out_dir: str | Path | None = None, config: JudgeTrainConfig | No
         judge.threshold = threshold
         log(f"decision threshold calibrated on {len(splits.calib)} rows: p_unsafe >= {threshold:.2f} "
             f"(source-weighted balanced accuracy {cal_bal:.3f})")
-    metrics = evaluate(judge, splits.test, progress=progress)
+    metrics = evaluate(judge, splits.test, progress=progress, with_argmax=True)
     log(format_scores(metrics, "held-out split of the training pool:"))
     val_metrics = None
     if splits.validation:
-        val_metrics = evaluate(judge, splits.validation, progress=progress)
+        val_metrics = evaluate(judge, splits.validation, progress=progress, with_argmax=True)
         log(format_scores(val_metrics, "labelled validation set (data/judge_labels/validation.jsonl):"))
     eval_seconds = time.perf_counter() - eval_start
 
