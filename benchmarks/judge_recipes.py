@@ -22,18 +22,19 @@ NO_HARD_NEG = "/tmp/judge_labels_no_hard_negatives.jsonl"
 HARD_NEG_KINDS = {"benign_alarming", "benign_in_attack", "written_benign_answer"}
 
 #: name -> (what it tests, JudgeTrainConfig overrides)
+LAB = dict(labels_path="default", calib_fraction=0.1)  # our labelled rows + calibrated threshold
 RECIPES = {
-    "pool2800+calib": ("previous default data (2,800-row balanced pool subsample, 1 epoch) + calibrated threshold",
-                       dict(labels_path=None, max_train=2800)),
+    "pool2800": ("previous default: 2,800-row balanced pool subsample, 1 epoch, argmax", dict(max_train=2800)),
+    "pool2800+calib": ("+ calibrated threshold", dict(max_train=2800, calib_fraction=0.1)),
     "pool-full+calib": ("whole training pool (1 epoch) instead of 2,800 rows",
-                        dict(labels_path=None, max_train=None)),
+                        dict(max_train=None, calib_fraction=0.1)),
     "pool2000+labels+calib": ("2,000 pool rows + our labelled rows x2 (same step budget as before) + calibrated threshold",
-                              dict(max_train=2000)),
+                              dict(LAB, max_train=2000)),
     "pool2000+labels-hardneg+calib": ("same without the benign hard negatives in our labelled rows",
-                                      dict(max_train=2000, labels_path=NO_HARD_NEG)),
-    "pool2000+labels+calib,2ep": ("same, 2 epochs", dict(max_train=2000, epochs=2.0)),
-    "pool2000+labels+calib,prompt": ("same, reads prompt + response", dict(max_train=2000, with_prompt=True)),
-    "pool2800+labels+calib": ("2,800 pool rows + our labelled rows x2", dict(max_train=2800)),
+                                      dict(LAB, max_train=2000, labels_path=NO_HARD_NEG)),
+    "pool2000+labels+calib,2ep": ("same, 2 epochs", dict(LAB, max_train=2000, epochs=2.0)),
+    "pool2000+labels+calib,prompt": ("same, reads prompt + response", dict(LAB, max_train=2000, with_prompt=True)),
+    "pool2800+labels+calib": ("2,800 pool rows + our labelled rows x2", dict(LAB, max_train=2800)),
 }
 
 

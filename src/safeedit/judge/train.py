@@ -210,20 +210,22 @@ class JudgeTrainConfig:
     #: SafeEdit file whose safe/unsafe/constraint responses are added; "default" = the shared sample.
     #: Source: the SafeEdit paper's data (safe + unsafe generation per instance).
     safeedit_path: str | None = "default"
-    #: our labelled embedded-model training rows (data/judge_labels/train.jsonl); "default", a path or None.
+    #: our labelled embedded-model training rows: "default" (data/judge_labels/train.jsonl), a path, or
+    #: None (the default until a recipe with them is measured better, see RECIPES_TRIED).
     #: Source: read and labelled by us (data/judge_labels/README.md).
-    labels_path: str | None = "default"
+    labels_path: str | None = None
     #: our labelled validation set; never trained on: its question groups are removed from every
     #: training row and it is scored after training. Source: data/judge_labels/README.md.
     validation_path: str | None = "default"
-    #: copies of each labelled training row (they are few beside the pool). Source: measured (RECIPES_TRIED).
+    #: copies of each labelled training row (they are few beside the pool). Source: a guess, not measured yet.
     labels_repeats: int = 2
     #: the judge reads prompt + response (True) or the response only, like the paper's judge. Source: MODE_NOTE.
     with_prompt: bool = False
     #: size of the balanced (source, label) subsample of the pool; None = the whole training split.
     #: Source: sized so the default recipe trains in ~4-5 min on 2 CPU cores (make demo budget).
     max_train: int | None = 2800
-    #: passes over the training rows (fractions stop part-way). Source: measured (RECIPES_TRIED).
+    #: passes over the training rows (fractions stop part-way). Source: the make-demo time budget (2 epochs
+    #: not measured yet, RECIPES_TRIED).
     epochs: float = 1.0
     #: training truncation in tokens (inference reads up to 512). Source: measured, 128 vs 512 within 1 point.
     max_length: int = 128
@@ -236,8 +238,9 @@ class JudgeTrainConfig:
     #: share of request groups held out of the pool as the test split. Source: usual 80/20.
     test_fraction: float = 0.2
     #: share of the remaining training groups held out to calibrate the decision threshold (never the
-    #: test split, never the validation set); 0 = no calibration (argmax). Source: this recipe.
-    calib_fraction: float = 0.1
+    #: test split, never the validation set); 0 = no calibration, argmax like the paper (the default until
+    #: calibration is measured better, RECIPES_TRIED). 0.1 is the candidate recipe's value.
+    calib_fraction: float = 0.0
     #: held-out (and calibration) rows scored per source, label ratio kept; None = all. Source: CPU time.
     max_eval_per_source: int | None = 150
     #: seed of the split hashes, subsample, shuffles and head initialisation.
