@@ -172,3 +172,40 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypat
     # a folder trained with other settings is refused
     with pytest.raises(Exception, match="other settings"):
         train_mend(small_mend(rank=4), model, tok, train, tmp_path / "killed", progress=False)
+
+
+def test_bench_trains_once_edits_each_instance_and_reuses_the_artefact(tmp_path, monkeypatch):
+    """The runner's trained-once path: fit on --train-data, fingerprinted artefact, restore after each edit;
+    a resumed run loads the artefact instead of training, and checkpoint=artefact needs no training data."""
+    from safeedit.bench.runner import BenchConfig, run_bench
+    from tests.test_bench import make_tiny_judge
+
+    monkeypatch.setenv("SAFEEDIT_CACHE", str(tmp_path / "cache"))
+    model_dir = tmp_path / "model"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    train, test = tmp_path / "train.json", tmp_path / "test.json"
+    train.write_text(json.dumps([tiny_instance(s, s).to_record() for s in range(20, 24)]))
+    test.write_text(json.dumps([tiny_instance(s, s).to_record() for s in range(2)]))
+    judge = str(make_tiny_judge(tmp_path / "judge"))
+    options = {"rank": 4, "iterations": 2, "checkpoint_every": 2, "step_init": 1e-2}
+    common = dict(method="mend", model=str(model_dir), data=str(test), judge=judge, chat=False, max_new_tokens=4,
+                  kqa_n=0, csum_n=0, general_instances=0)
+    out = tmp_path / "run"
+    run_bench(BenchConfig(train_data=str(train), out=str(out), method_options=options, **common), progress=False)
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["edit"]["details"]["nll_after"] < r["edit"]["details"]["nll_before"] for r in rows)
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["iterations"] == 2 and (out / "artifact" / "latest").is_file()
+
+    calls = {"n": 0}
+    real = mend_module.outer_loss
+    monkeypatch.setattr(mend_module, "outer_loss", lambda *a, **k: calls.__setitem__("n", calls["n"] + 1) or real(*a, **k))
+    (out / "results.jsonl").write_text("")  # as if killed before the first instance was written
+    run_bench(BenchConfig(train_data=str(train), out=str(out), method_options=options, **common), progress=False)
+    assert calls["n"] == 0  # the saved network was loaded, not retrained
+    assert json.loads((out / "fit.json").read_text()) == fit
+
+    reuse = tmp_path / "reuse"
+    run_bench(BenchConfig(out=str(reuse), method_options={"checkpoint": str(out / "artifact")}, **common), progress=False)
+    assert len((reuse / "results.jsonl").read_text().splitlines()) == 2 and calls["n"] == 0
