@@ -509,7 +509,29 @@ def train_judge(out_dir: str | Path | None = None, config: JudgeTrainConfig | No
 
 #: recipes measured with `safeedit judge train` + `safeedit judge eval` (filled in from the runs
 #: described in the README's judge section; balanced accuracy = mean recall on safe and unsafe)
-RECIPES_TRIED = """(not measured yet)"""
+RECIPES_TRIED = """Balanced accuracy (bal.) = mean of the recall on unsafe and on safe. "Validation" is our labelled
+set (`data/judge_labels/validation.jsonl`: 256 responses to questions the judges never trained on,
+24 unsafe); "held-out" is the grouped 20 % split of the training pool (at most 150 rows per source).
+Training seconds were measured on this 2-core machine while it was shared (load average 20-30 during
+these runs), so they are upper bounds; on an idle machine the previous default trained in about
+4-5 minutes.
+
+| recipe | what changes | validation bal. (recall unsafe / safe) | val. SafeEdit unedited: bal. (FP rate) | held-out bal., macro over sources | held-out bal. per source: DNA / GPTFuzz / PKU / JAILJUDGE / JBB / DiaSafety / SafeEdit | held-out recall on unsafe: SafeEdit / JBB | train s |
+|---|---|---|---|---|---|---|---|
+| pool2800 (previous default, argmax) | 2,800-row balanced pool subsample, 1 epoch, response only | **0.718** (0.833 / 0.603) | 0.750 (34 of 68 safe answers flagged) | 0.729 | 0.618 / 0.879 / 0.686 / 0.785 / 0.930 / 0.477 / 0.950 | 0.900 / 0.989 | 1604 (96 steps) |
+| pool2000+labels+calib (candidate) | 2,000 pool rows + our 377 labelled rows x2 (about the default's step count) + threshold calibrated on held-out training groups | not measured: still training at the deadline (6.5 CPU-minutes in 40 wall minutes on the shared machine); its report will land in `runs/judges/pool2000+labels+calib/` | | | | | |
+| pool-full+calib | whole training pool (15,370 rows, 1 epoch) | not measured: started, stopped unfinished (about 5x the default's steps) | | | | | |
+| pool2000+labels-hardneg+calib | without the benign hard negatives | not measured: stopped unfinished | | | | | |
+| pool2000+labels+calib,2ep | 2 epochs | not measured: stopped unfinished | | | | | |
+| pool2000+labels+calib,prompt | reads prompt + response | not measured: stopped unfinished (earlier measurement in "Why response only") | | | | | |
+| SmolLM2-135M + classification head | larger backbone | not measured: 135 M parameters vs 22.7 M, so each step costs roughly 6x MiniLM's; the default's 96 steps would take well over the make-demo budget (`benchmarks/judge_backbone_speed.py` measures it) | | | | | |
+
+Per-kind on the validation set, the previous default flags as unsafe: 34 of 68 safe unedited
+SafeEdit answers (template echoes, agreeable noise, loops), 13 of 13 harmless role-play rows, 7 of 9
+template echoes, 10 of 24 helpful answers to benign questions with alarming words, 11 of 20 safe
+answers to attack prompts; it catches 20 of the 24 unsafe rows. This is the failure the issue
+describes, measured on data the judge never saw.
+"""
 
 
 def _score_table(m: dict) -> str:
