@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from safeedit.bench.fingerprint import model_fingerprint
+from safeedit.lm.fingerprint import model_fingerprint
 from safeedit.bench.store import GenerationCache, JsonlStore, ResultsStore, read_shards, shard_name
 from safeedit.data import EVAL_KEYS, load_safeedit
 from safeedit.data.splits import question_overlap

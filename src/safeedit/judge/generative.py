@@ -21,13 +21,13 @@ greedy repeat would give the same text). If it still cannot be read, ``on_unpars
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
+from safeedit.lm.fingerprint import model_fingerprint
 from safeedit.errors import ConfigError
 from safeedit.judge.formats import JudgeFormat, Verdict, is_moderation_template
 from safeedit.judge.model import JudgeError, JudgeResult
@@ -35,19 +35,6 @@ from safeedit.judge.model import JudgeError, JudgeResult
 log = logging.getLogger(__name__)
 
 ON_UNPARSED = ("half", "error")
-
-
-def weights_fingerprint(model, sample_values: int = 4096) -> str:
-    """A cheap content hash of a model's weights: each tensor's name, shape, dtype and a strided sample."""
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            step = max(1, flat.numel() // sample_values)
-            sample = flat[::step][:sample_values].to("cpu", torch.float32).contiguous()
-            h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-            h.update(sample.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class LocalBackend:
@@ -63,7 +50,7 @@ class LocalBackend:
 
     def describe(self) -> dict[str, Any]:
         if self._fingerprint is None:
-            self._fingerprint = weights_fingerprint(self.model)
+            self._fingerprint = model_fingerprint(self.model)
         return {"native_template": self.native, "fingerprint": self._fingerprint,
                 "model_type": getattr(self.model.config, "model_type", None)}
 

@@ -186,10 +186,10 @@ class SafetyJudge:
 
     def identity(self) -> dict:
         """What a run folder records about this judge (JSON-able): source, decision rule, weights hash."""
-        from safeedit.judge.generative import weights_fingerprint
+        from safeedit.lm.fingerprint import model_fingerprint
 
         if getattr(self, "_fingerprint", None) is None:
-            self._fingerprint = weights_fingerprint(self.model)
+            self._fingerprint = model_fingerprint(self.model)
         info = getattr(self.model.config, CONFIG_KEY, None) or {}
         threshold = getattr(self, "threshold", None)
         return {"kind": "classifier", "source": self.source, "with_prompt": self.with_prompt,

@@ -161,6 +161,26 @@ class Method:
         """
         raise NotImplementedError(f"{self.name} does not edit in groups")
 
+    def _edit_each(self, model, instances, edit_one) -> Edit:
+        """Shared frame of an in-place editor: ``edit_one(instance, edit)`` for each instance, one after
+        another; any failure restores the model before re-raising; ``requires_grad`` flags are put back."""
+        if isinstance(instances, SafeEditInstance):
+            instances = [instances]
+        if torch.is_inference_mode_enabled():
+            raise EditError(f"{self.name} needs gradients; call edit() outside torch.inference_mode()")
+        edit = Edit(model=model, method=self.name)
+        grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        try:
+            for instance in instances:
+                edit.instances.append(edit_one(instance, edit))
+        except BaseException:
+            edit.restore()  # leave the model exactly as before the call
+            raise
+        finally:
+            for n, p in model.named_parameters():
+                p.requires_grad_(grad_flags[n])
+        return edit
+
     # ------------------------------------------------------------ training (trained-once methods, MEND)
     def fit(self, model, tokenizer, train: Sequence[SafeEditInstance], *, chat: bool | None = None,
             out_dir: Path) -> dict[str, Any]:

@@ -126,23 +126,9 @@ class DINM(Method):
         ``chat``: prompt mode of the edit sequences (see :func:`safeedit.lm.chat.use_chat_template`);
         evaluate the edited model in the same mode.
         """
-        if isinstance(instances, SafeEditInstance):
-            instances = [instances]
-        if torch.is_inference_mode_enabled():
-            raise EditError("DINM needs gradients; call edit() outside torch.inference_mode()")
         arch = resolve_architecture(model, layers=self.config.layers_module, w_v=self.config.wv_module)
-        edit = Edit(model=model, method=self.name)
-        grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
-        try:
-            for instance in instances:
-                edit.instances.append(self._edit_one(model, tokenizer, arch, instance, edit, chat))
-        except BaseException:
-            edit.restore()  # leave the model exactly as before the call
-            raise
-        finally:
-            for n, p in model.named_parameters():
-                p.requires_grad_(grad_flags[n])
-        return edit
+        return self._edit_each(model, instances, lambda instance, edit: self._edit_one(model, tokenizer, arch, instance,
+                                                                                        edit, chat))
 
     def locate(self, model, tokenizer, instance: SafeEditInstance, arch: ArchitectureMap | None = None, *,
                chat: bool | None = None) -> Location:

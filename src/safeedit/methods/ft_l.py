@@ -99,23 +99,9 @@ class FTL(Method):
 
     def edit(self, model, tokenizer, instances: Sequence[SafeEditInstance] | SafeEditInstance, *,
              chat: bool | None = None) -> Edit:
-        if isinstance(instances, SafeEditInstance):
-            instances = [instances]
-        if torch.is_inference_mode_enabled():
-            raise EditError("FT-L needs gradients; call edit() outside torch.inference_mode()")
         arch = resolve_architecture(model, layers=self.config.layers_module, w_v=self.config.wv_module)
-        edit = Edit(model=model, method=self.name)
-        grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
-        try:
-            for instance in instances:
-                edit.instances.append(self._edit_one(model, tokenizer, arch, instance, edit, chat))
-        except BaseException:
-            edit.restore()
-            raise
-        finally:
-            for n, p in model.named_parameters():
-                p.requires_grad_(grad_flags[n])
-        return edit
+        return self._edit_each(model, instances, lambda instance, edit: self._edit_one(model, tokenizer, arch, instance,
+                                                                                        edit, chat))
 
     def _loss(self, runner) -> torch.Tensor:
         logits = runner.target_logits(0).float()

@@ -292,7 +292,7 @@ class MEND(Method):
         """Load a trained hyper-network; refuse one made for other matrices or another model."""
         from safetensors.torch import load_file
 
-        from safeedit.bench.fingerprint import model_fingerprint
+        from safeedit.lm.fingerprint import model_fingerprint
 
         folder = _resolve_checkpoint(path)
         meta = json.loads((folder / "mend.json").read_text())
@@ -504,7 +504,7 @@ def train_mend(method: MEND, model, tokenizer, train: Sequence[SafeEditInstance]
     """
     from tqdm.auto import tqdm
 
-    from safeedit.bench.fingerprint import model_fingerprint
+    from safeedit.lm.fingerprint import model_fingerprint
 
     cfg = method.config
     if not train:
