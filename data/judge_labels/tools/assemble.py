@@ -25,6 +25,13 @@ VALIDATION_FRACTION = 0.3
 SPLIT_SALT = "judge-labels-v1"
 
 
+def text_group(question: str) -> str:
+    """The unhashed group (``q:`` + normalised question): splits are drawn from it, files store its hash."""
+    from safeedit.judge.data import _norm_text
+
+    return "q:" + _norm_text(question)
+
+
 def split_of(group: str) -> str:
     digest = hashlib.sha256(f"{SPLIT_SALT}|{group}".encode()).digest()
     return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < VALIDATION_FRACTION else "train"
@@ -84,7 +91,7 @@ def candidates(args) -> None:
                     out.append({"id": f"{inst.key}:{name}:{'pre' if phase == 'pre' else method}:{tokens}",
                                 "response": block["response"], "kind": kind,
                                 "prompt_ref": {"safeedit": inst.key, "input": name}, "question": q,
-                                "group": question_group(q), "model": "smollm2-135m", "max_new_tokens": tokens,
+                                "group": question_group(q), "_split_key": text_group(q), "model": "smollm2-135m", "max_new_tokens": tokens,
                                 "method": "none" if phase == "pre" else method})
     # pre-edit answers already in the bench's generation cache for instances whose run has not
     # reached them yet (the bench generates every pre-edit answer before the first edit)
@@ -105,7 +112,7 @@ def candidates(args) -> None:
                 q = asked_question(inst, name)
                 out.append({"id": f"{inst.key}:{name}:pre:{tokens}", "response": response, "kind": "safeedit_pre",
                             "prompt_ref": {"safeedit": inst.key, "input": name}, "question": q,
-                            "group": question_group(q), "model": "smollm2-135m", "max_new_tokens": tokens,
+                            "group": question_group(q), "_split_key": text_group(q), "model": "smollm2-135m", "max_new_tokens": tokens,
                             "method": "none"})
     specs = _specs()
     for path in args.gen:
@@ -119,7 +126,7 @@ def candidates(args) -> None:
                         "benign_attack": "benign_in_attack"}[pid.split(":")[0]]
                 assert pid in specs
             out.append({"id": f"{pid}:pre:{g['max_new_tokens']}", "response": g["response"], "kind": kind,
-                        "prompt_ref": g["prompt_ref"], "question": g["question"], "group": question_group(g["question"]),
+                        "prompt_ref": g["prompt_ref"], "question": g["question"], "group": question_group(g["question"]), "_split_key": text_group(g["question"]),
                         "model": "smollm2-135m", "max_new_tokens": g["max_new_tokens"], "method": "none"})
     for n, line in enumerate((data_dir() / "sources" / "written.jsonl").read_text().splitlines()):
         w = json.loads(line)
@@ -127,10 +134,10 @@ def candidates(args) -> None:
         if w["kind"] == "written_template_echo":  # "<template> template: <question>"
             q = q.split("template:", 1)[1].strip()
         out.append({"id": f"written:{n:03d}", "response": w["response"], "kind": w["kind"],
-                    "prompt_ref": {"text": w["question"]}, "question": q, "group": question_group(q),
+                    "prompt_ref": {"text": w["question"]}, "question": q, "group": question_group(q), "_split_key": text_group(q),
                     "model": "hand-written", "method": None, "written_label": w["label"]})
     for r in out:
-        r["split"] = split_of(r["group"])
+        r["split"] = split_of(r.pop("_split_key"))  # from the text, as when the committed split was made
     empty = [r for r in out if not r["response"].strip()]
     out = [r for r in out if r["response"].strip()]
     Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in out))

@@ -69,6 +69,14 @@ def group_key(prompt: str, source: str = "", source_id: str = "") -> str:
     return "q:" + _norm_text(prompt)
 
 
+def hashed_group(group: str) -> str:
+    """A question group as committed label files store it: ``qh:`` + a hash of the normalised question,
+    so our files never carry the text of shared data's questions. ``qh:`` and other groups pass as they are."""
+    if group.startswith("q:"):
+        return "qh:" + hashlib.sha256(group[2:].encode("utf-8")).hexdigest()[:16]
+    return group
+
+
 def load_judge_jsonl(path: str | Path) -> list[JudgeRow]:
     """Rows of a ``{"prompt", "response", "label", "source"}`` JSONL file (empty responses skipped)."""
     path = Path(path)

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from safeedit.errors import DataError, InputNotFoundError
-from safeedit.judge.data import LABELS, JudgeRow, _norm_text, shared_data_dir
+from safeedit.judge.data import LABELS, JudgeRow, _norm_text, hashed_group, shared_data_dir
 
 #: fields every label row must have, with their types
 REQUIRED = {"id": str, "response": str, "label": str, "kind": str, "prompt_ref": dict, "group": str,
@@ -66,8 +66,9 @@ def default_train_path() -> Path:
 
 
 def question_group(question: str) -> str:
-    """The group of a row asking ``question`` (same normalisation as the training pool's groups)."""
-    return "q:" + _norm_text(question)
+    """The group of a row asking ``question``: the pool's group (``q:`` + normalised text), hashed
+    (:func:`safeedit.judge.data.hashed_group`) so label files do not copy shared questions."""
+    return hashed_group("q:" + _norm_text(question))
 
 
 def validate_row(rec, path: Path | str, line_no: int) -> None:
@@ -86,8 +87,9 @@ def validate_row(rec, path: Path | str, line_no: int) -> None:
         raise LabelFileError(f"{where}: field 'kind' must be one of {sorted(KINDS)}, got {rec['kind']!r}")
     if not rec["response"].strip():
         raise LabelFileError(f"{where}: field 'response' is empty (empty responses score 0.5 by rule, never labelled)")
-    if not rec["group"].startswith("q:") or len(rec["group"]) < 3:
-        raise LabelFileError(f"{where}: field 'group' must be 'q:<normalised question>', got {rec['group']!r}")
+    if not rec["group"].startswith(("qh:", "q:")) or len(rec["group"]) < 4:
+        raise LabelFileError(f"{where}: field 'group' must be 'qh:<hash of the normalised question>' "
+                             f"(or 'q:<normalised question>' for text we wrote), got {rec['group']!r}")
     ref = rec["prompt_ref"]
     if not (("safeedit" in ref and isinstance(ref.get("input"), str)) or "spec" in ref or isinstance(ref.get("text"), str)):
         raise LabelFileError(f"{where}: field 'prompt_ref' must hold {{'safeedit', 'input'}}, {{'spec'}} or {{'text'}}, got {ref!r}")
@@ -118,7 +120,7 @@ def read_label_file(path: str | Path) -> list[dict]:
 def to_judge_rows(records: list[dict], prompts: list[str] | None = None) -> list[JudgeRow]:
     """Label records as :class:`JudgeRow` (source ``labels:<kind>``); prompts resolved or empty."""
     prompts = prompts if prompts is not None else [""] * len(records)
-    return [JudgeRow(p, r["response"], LABELS[r["label"]], SOURCE_PREFIX + r["kind"], r["group"])
+    return [JudgeRow(p, r["response"], LABELS[r["label"]], SOURCE_PREFIX + r["kind"], hashed_group(r["group"]))
             for r, p in zip(records, prompts)]
 
 

