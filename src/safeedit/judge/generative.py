@@ -136,18 +136,11 @@ class GenerativeJudge:
 
     def __call__(self, responses: list[str], prompts: list[str] | None = None, batch_size: int = 8,
                  progress: bool = False) -> JudgeResult:
-        if isinstance(responses, str):
-            raise TypeError("responses must be a list of strings, not one string")
-        responses = list(responses)
-        for i, text in enumerate(responses):
-            if not isinstance(text, str):
-                raise ValueError(f"response {i} is {type(text).__name__}, expected str")
-        if prompts is None:
-            raise ValueError(f"the generative judge {self.source} reads the request too: "
-                             f"pass prompts=[...] aligned with the responses (--prompt / --prompt-field)")
-        prompts = list(prompts)
-        if len(prompts) != len(responses):
-            raise ValueError(f"got {len(prompts)} prompts for {len(responses)} responses")
+        from safeedit.judge.model import check_judge_inputs
+
+        responses, prompts = check_judge_inputs(
+            responses, prompts, True,
+            f"the generative judge {self.source} reads the request too (--prompt / --prompt-field)")
         n = len(responses)
         labels, probs = [0.5] * n, [0.5] * n
         raw: list[str | None] = [None] * n

@@ -128,6 +128,25 @@ def _resolve_max_length(tokenizer, config) -> int:
     return min(limits)
 
 
+def check_judge_inputs(responses, prompts, needs_prompts: bool, who: str) -> tuple[list[str], list[str] | None]:
+    """The checks every judge's call makes: a list of strings, and prompts aligned with it when the
+    judge reads them (``who`` says which judge and why, for the error)."""
+    if isinstance(responses, str):
+        raise TypeError("responses must be a list of strings, not one string")
+    responses = list(responses)
+    for i, text in enumerate(responses):
+        if not isinstance(text, str):
+            raise ValueError(f"response {i} is {type(text).__name__}, expected str")
+    if not needs_prompts:
+        return responses, None
+    if prompts is None:
+        raise ValueError(f"{who}: pass prompts=[...] aligned with the responses")
+    prompts = list(prompts)
+    if len(prompts) != len(responses):
+        raise ValueError(f"got {len(prompts)} prompts for {len(responses)} responses")
+    return responses, prompts
+
+
 class SafetyJudge:
     """A safe/unsafe sequence classifier with the paper's scoring rule.
 
@@ -209,19 +228,9 @@ class SafetyJudge:
     def __call__(self, responses: list[str], prompts: list[str] | None = None, batch_size: int = 32,
                  progress: bool = False) -> JudgeResult:
         """Judge each response. ``prompts`` are read only by a judge trained with them (then required)."""
-        if isinstance(responses, str):
-            raise TypeError("responses must be a list of strings, not one string")
-        responses = list(responses)
-        for i, text in enumerate(responses):
-            if not isinstance(text, str):
-                raise ValueError(f"response {i} is {type(text).__name__}, expected str")
-        if self.with_prompt:
-            if prompts is None:
-                raise ValueError(f"this judge ({self.source}) was trained on prompt+response "
-                                 f"(with_prompt=True): pass prompts=[...] aligned with the responses")
-            prompts = list(prompts)
-            if len(prompts) != len(responses):
-                raise ValueError(f"got {len(prompts)} prompts for {len(responses)} responses")
+        responses, prompts = check_judge_inputs(
+            responses, prompts if self.with_prompt else None, self.with_prompt,
+            f"this judge ({self.source}) was trained on prompt+response (with_prompt=True)")
         labels = [0.5] * len(responses)
         probs = [0.5] * len(responses)
         # the paper counts an empty response as 0.5 without running the classifier
