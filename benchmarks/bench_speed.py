@@ -1,17 +1,22 @@
-"""Seconds per instance of `safeedit bench` with DINM: one at a time vs grouped, and sharded runs.
+"""Seconds per instance of `safeedit bench` with DINM: one at a time, grouped, grouped + prefix reuse, sharded.
 
-Rows (each in its own process, so peak RSS is its own; all share one warm pre-edit generation
-cache, made first and not timed, so the rows time what differs: locate + edit + post-edit
-generation + judge + restore check):
+Rows (each in its own process, so peak RSS is its own):
 
 (a) one at a time: ``--group-size 1`` (edit, generate the 5 post-edit inputs, restore, per instance);
 (b) grouped: ``--group-size K`` (K instances of one toxic layer edited in one batched loop, their
     5K post-edit inputs generated in one call with per-row W_V);
-(c) sharded: the run of (b) split over two processes (RANK/WORLD_SIZE as torchrun sets them), each
+    (a) and (b) share one warm pre-edit generation cache, made first and not timed, so they time what
+    differs: locate + edit + post-edit generation + judge + restore check;
+(c) grouped, cold: (b) with an empty generation cache, so the pre-edit answers are generated in the
+    run (timed), as on a first run;
+(d) grouped + prefix reuse, cold: (c) with ``prefix_reuse``: each group answers its pre-edit prompts
+    and its post-edit prompts reuse that unedited prefill below the toxic layer (``safeedit.lm.prefix``);
+    (c) vs (d) is the prefix reuse's effect, pre-edit generation included in both;
+(e) sharded: the run of (b) split over two processes (RANK/WORLD_SIZE as torchrun sets them), each
     with half the threads, against (b) in one process: wall time, merged rows, identical content.
 
-Also printed: the share of post-edit responses that are identical between (a) and (b), and
-between (b) and (c). ``--reference`` adds the old reference-style loop (one input at a time).
+Also printed: the share of post-edit responses that are identical between (a) and (b), (b) and (d),
+and (b) and (e). ``--reference`` adds the old reference-style loop (one input at a time).
 KQA/CSum are off. On a shared machine run the rows in one invocation so they suffer alike.
 
 Usage: python benchmarks/bench_speed.py [--instances 8] [--max-new-tokens 64] [--group-size 4]
@@ -50,12 +55,12 @@ def reference_loop(model, tok, judge, instances, max_new_tokens: int) -> float:
     return (time.perf_counter() - start) / len(instances)
 
 
-def bench_config(args, out: str, method: str = "dinm", group_size: int = 1):
+def bench_config(args, out: str, method: str = "dinm", group_size: int = 1, prefix_reuse: bool = False):
     from safeedit.bench.runner import BenchConfig
 
     return BenchConfig(method=method, data=str(SAMPLE), judge=args.judge, out=out, limit=args.instances,
                        max_new_tokens=args.max_new_tokens, kqa_n=0, csum_n=0, dtype="float32", device="cpu",
-                       group_size=group_size)
+                       group_size=group_size, prefix_reuse=prefix_reuse)
 
 
 def row_main(args) -> None:
@@ -66,16 +71,17 @@ def row_main(args) -> None:
     from safeedit.bench.runner import peak_memory_mib, run_bench
 
     start = time.perf_counter()
-    run_bench(bench_config(args, args.out, args.method, args.group_size), progress=False)
+    run_bench(bench_config(args, args.out, args.method, args.group_size, args.prefix_reuse), progress=False)
     wall = time.perf_counter() - start
     meta = json.loads((Path(args.out) / "run.json").read_text())
     print(json.dumps({"wall_s": wall, "after_load_mib": meta["memory_after_load"].get("rss_mib"),
                       "peak_mib": peak_memory_mib()["peak_rss_mib"]}))
 
 
-def _child(args, out, method, group_size, threads, env_extra=None) -> subprocess.Popen:
+def _child(args, out, method, group_size, threads, env_extra=None, prefix_reuse=False) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--_row", "--out", str(out), "--method", method, "--group-size", str(group_size),
            "--threads", str(threads), "--instances", str(args.instances), "--judge", args.judge, "--max-new-tokens", str(args.max_new_tokens)]
+    cmd += ["--prefix-reuse"] if prefix_reuse else []
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(env_extra or {}))
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
@@ -124,6 +130,7 @@ def main() -> None:
     ap.add_argument("--_row", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="dinm", help=argparse.SUPPRESS)
+    ap.add_argument("--prefix-reuse", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--judge", default=None, help="safety judge folder (default: the cached judge)")
     args = ap.parse_args()
     if args._row:
@@ -146,20 +153,33 @@ def main() -> None:
         _result(_child(args, tmp / "warm", "none", 1, args.threads))
         print(f"pre-edit generations cached in {time.perf_counter() - t0:.0f} s (not timed below)", file=sys.stderr)
 
+        def cold_cache(name: str) -> dict:
+            """An empty generation cache (the model cache shared): pre-edit answers made in the run."""
+            folder = tmp / f"cache-{name}"
+            folder.mkdir(exist_ok=True)
+            if not (folder / "models").exists():
+                (folder / "models").symlink_to(real_models)
+            return {"SAFEEDIT_CACHE": str(folder)}
+
+        k = args.group_size
         table, results = [], {}
-        for label, name, k in (("(a) one at a time (--group-size 1)", "one", 1),
-                               (f"(b) grouped (--group-size {args.group_size})", "grouped", args.group_size)):
+        for label, name, size, env, reuse in (
+                ("(a) one at a time (--group-size 1), warm pre-edit cache", "one", 1, None, False),
+                (f"(b) grouped (--group-size {k}), warm pre-edit cache", "grouped", k, None, False),
+                (f"(c) grouped (--group-size {k}), cold: pre-edit answers generated", "cold", k, cold_cache("c"), False),
+                (f"(d) grouped + prefix reuse, cold: pre-edit answers generated", "reuse", k, cold_cache("d"), True)):
             start = time.perf_counter()
-            r = _result(_child(args, tmp / name, "dinm", k, args.threads))
+            r = _result(_child(args, tmp / name, "dinm", size, args.threads, env, prefix_reuse=reuse))
             r["outer_wall_s"] = time.perf_counter() - start  # with interpreter start, as the shards below
             results[name] = r
             print(f"{label}: {r}", file=sys.stderr, flush=True)
             table.append([label, f"{r['wall_s'] / args.instances:.1f}", f"{_loop_seconds(tmp / name):.1f}",
                           f"{r['after_load_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['peak_mib'] / r['after_load_mib']:.2f}"])
-        base = float(table[0][1])
-        for row in table:
-            row.insert(2, f"{base / float(row[1]):.2f}x")
+        base, cold = float(table[0][1]), float(table[2][1])
+        for i, row in enumerate(table):
+            row.insert(2, f"{base / float(row[1]):.2f}x" if i < 2 else f"{cold / float(row[1]):.2f}x vs (c)")
         same, total = _same_share(tmp / "one", tmp / "grouped")
+        r_same, r_total = _same_share(tmp / "grouped", tmp / "reuse")
 
         shard_line = None
         if not args.no_shards:
@@ -189,12 +209,14 @@ def main() -> None:
                                  load_safeedit(SAMPLE).instances[: args.instances], args.max_new_tokens)
 
     print(f"\nsafeedit bench, DINM, smollm2-135m fp32 CPU, {args.instances} SafeEdit sample instances x 5 inputs, "
-          f"max_new_tokens={args.max_new_tokens}, {args.threads} threads, warm pre-edit cache, KQA/CSum off\n")
+          f"max_new_tokens={args.max_new_tokens}, {args.threads} threads, KQA/CSum off\n")
     print_table(["loop", "s / instance (run)", "speed-up", "s / instance (loop)", "RSS after load MiB",
                  "peak RSS MiB", "peak / after load"], table)
     print("\n'run' is the whole run_bench call over the instances (model + judge load, location, edit, post-edit "
           "generation, judge, restore check, report); 'loop' is the per-instance times recorded in results.jsonl.")
     print(f"\nidentical post-edit responses, grouped vs one at a time: {same}/{total} ({100 * same / total:.1f}%)")
+    print(f"identical post-edit responses, grouped + prefix reuse vs grouped: {r_same}/{r_total} "
+          f"({100 * r_same / r_total:.1f}%)")
     if shard_line:
         wall, one_wall, n, per_shard, s_same, s_total, complete, peaks = shard_line
         print(f"\nsharded: 2 processes x {max(1, args.threads // 2)} thread(s): {wall:.1f} s wall vs 1 process x "

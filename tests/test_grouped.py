@@ -177,3 +177,20 @@ def test_two_process_sharded_run_merges_to_the_single_process_run(tiny_setup):  
     summary = json.loads((sharded / "summary.json").read_text())
     assert summary["n"] == 6 and summary["complete"]
     assert summary["post"] == json.loads((single / "summary.json").read_text())["post"]
+
+
+def test_grouped_bench_with_prefix_reuse_equals_the_plain_grouped_run(tiny_setup):  # noqa: F811
+    from safeedit.cli import main
+
+    # a suffix, so the post-edit prompts extend the pre-edit ones as DINM's do; fresh caches, so the
+    # pre-edit answers are generated in the groups (the only case with a prefix to reuse)
+    extra = ["--kqa-n", "0", "--csum-n", "0", "--set", "layer=2", "--set", "suffix=w5 w6 w7", "--limit", "6",
+             "--group-size", "3"]
+    rows = {}
+    for name, flag in (("plain", "--no-prefix-reuse"), ("reuse", "--prefix-reuse")):
+        os.environ["SAFEEDIT_CACHE"] = str(tiny_setup["tmp"] / f"cache-{name}")
+        assert main(bench_args(tiny_setup, tiny_setup["tmp"] / name, extra=[*extra, flag])) == 0
+        rows[name] = _rows(tiny_setup["tmp"] / name)
+        assert len(rows[name]) == 6
+    assert [_content(r) for r in rows["reuse"]] == [_content(r) for r in rows["plain"]]
+    assert any(r["post"]["DS"]["response"] != r["pre"]["DS"]["response"] for r in rows["reuse"])

@@ -96,6 +96,11 @@ class BenchConfig:
     #: per-instance editors that can edit in groups (DINM): instances edited and evaluated together
     #: (same toxic layer); 1 is one at a time. Results equal one at a time up to float summation order
     group_size: int = 8
+    #: grouped editors: generate each group's pre-edit answers in the group's pass and let its post-edit
+    #: prompts reuse that unedited prefill below the edited layer (``safeedit.lm.prefix``); pays only
+    #: for pre-edit answers not yet in the generation cache. Results equal the plain path up to float
+    #: rounding (benchmarks/bench_speed.py measures it)
+    prefix_reuse: bool = True
     #: ``auto``: let accelerate place a model larger than one GPU over all visible GPUs
     device_map: str | None = None
     #: seed for sampling, data subsets and training
@@ -124,7 +129,7 @@ class BenchConfig:
         """What must match for a run folder to be resumed (not paths to outputs or progress bars)."""
         d = asdict(self)
         for k in ("out", "judge", "judge_format", "judge_base_url", "batch_size", "device", "trust_remote_code",
-                  "group_size", "device_map"):
+                  "group_size", "prefix_reuse", "device_map"):
             d.pop(k)
         return d
 
@@ -273,8 +278,9 @@ class BenchRun:
         gen = dict(max_new_tokens=cfg.max_new_tokens, chat=chat, batch_size=cfg.batch_size)
 
         pre_cache = self._generation_cache(fingerprint, chat)
-        self._generate_missing(model, tok, [p for i in todo for p in i.eval_inputs().values()], pre_cache, gen,
-                               "pre-edit generations")
+        if not self._reuses_prefix(model, method):  # else each group answers its own pre-edit prompts
+            self._generate_missing(model, tok, [p for i in todo for p in i.eval_inputs().values()], pre_cache, gen,
+                                   "pre-edit generations")
         general = JsonlStore(self.out / shard_name("general", rank, world))
         if rank == 0:
             self._general_unedited(model, tok, chat, general, fingerprint)
@@ -328,6 +334,13 @@ class BenchRun:
         os.replace(tmp, artifact)
         _write_json_atomic(record_path, record)  # written last: its presence means the artefact is complete
         return record
+
+    def _reuses_prefix(self, model, method) -> bool:
+        from safeedit.lm.prefix import supports_prefix_reuse
+
+        cfg = self.config
+        return (cfg.prefix_reuse and method.per_instance and cfg.group_size > 1 and method.supports_grouping
+                and supports_prefix_reuse(model))
 
     def _generate_missing(self, model, tok, prompts: list[str], cache: GenerationCache, gen, desc: str) -> None:
         """Generate what ``cache`` lacks, in large batches, storing as it goes (a kill loses little)."""
@@ -403,13 +416,18 @@ class BenchRun:
         served by its own instance's edit), verify the model is untouched, judge; one row each."""
         t0 = time.perf_counter()
         inputs = [inst.eval_inputs() for inst in insts]
-        rows = [self._row(inst, judge, inp, dict(zip(inp, cache.lookup(inp.values())))) for inst, inp in zip(insts, inputs)]
-        t1 = time.perf_counter()
         group = method.group_edit(model, tok, insts, chat=gen["chat"])
-        t2 = time.perf_counter()
-        prompts = [method.eval_prompt(v) for inp in inputs for v in inp.values()]
+        t1 = time.perf_counter()
+        pre_prompts = [v for inp in inputs for v in inp.values()]
+        prompts = [method.eval_prompt(v) for v in pre_prompts]
         owners = [k for k, inp in enumerate(inputs) for _ in inp]
-        texts = generate(model, tok, prompts, **gen, row_context=lambda idx: group.rows([owners[i] for i in idx]))
+        if self._reuses_prefix(model, method) and group.lowest_changed_layer:
+            texts = self._post_reusing_prefix(model, tok, group, pre_prompts, prompts, owners, cache, gen)
+        else:
+            self._generate_missing(model, tok, pre_prompts, cache, gen, "pre-edit generations")
+            texts = generate(model, tok, prompts, **gen, row_context=lambda idx: group.rows([owners[i] for i in idx]))
+        t2 = time.perf_counter()
+        rows = [self._row(inst, judge, inp, dict(zip(inp, cache.lookup(inp.values())))) for inst, inp in zip(insts, inputs)]
         t3 = time.perf_counter()
         if model_fingerprint(model) != fingerprint:  # a grouped edit never writes the model's tensors
             raise BenchError(f"model differs from the unedited one after the group {[i.key for i in insts]}")
@@ -420,14 +438,46 @@ class BenchRun:
             start += len(inp)
             row["post"] = self._judge_block(judge, inp, post)
             row["edit"] = group.instances[k].as_dict()
-            row["times"] = {"edit_s": (t2 - t1) / n, "post_generate_s": (t3 - t2) / n,
+            row["times"] = {"edit_s": (t1 - t0) / n, "post_generate_s": (t2 - t1) / n,
                             "total_s": (time.perf_counter() - t0) / n, "group_size": n}
         return rows
+
+    def _post_reusing_prefix(self, model, tok, group, pre_prompts, prompts, owners, cache, gen) -> list[str]:
+        """Post-edit answers of a group; pre-edit prompts not yet answered are answered here, and their
+        unedited prefill below the edited layer serves the post-edit prompts (``safeedit.lm.prefix``)."""
+        from safeedit.lm.prefix import generate_capturing_prefix, generate_from_prefix
+
+        texts: list[str | None] = [None] * len(prompts)
+        known = dict(zip(pre_prompts, cache.lookup(pre_prompts)))
+        plain = [i for i, p in enumerate(pre_prompts) if known[p] is not None]  # nothing to share: plain path
+        if plain:
+            out = generate(model, tok, [prompts[i] for i in plain], **gen,
+                           row_context=lambda idx: group.rows([owners[plain[j]] for j in idx]))
+            for i, t in zip(plain, out):
+                texts[i] = t
+        fresh = sorted((i for i, p in enumerate(pre_prompts) if known[p] is None), key=lambda i: len(pre_prompts[i]))
+        step = gen["batch_size"]  # one batch of prefix states alive at a time: memory stays bounded
+        for start in range(0, len(fresh), step):
+            part = fresh[start:start + step]
+            unique = list(dict.fromkeys(pre_prompts[i] for i in part))
+            answers, states = generate_capturing_prefix(model, tok, unique, layer=group.lowest_changed_layer,
+                                                        max_new_tokens=gen["max_new_tokens"], chat=gen["chat"],
+                                                        batch_size=step)
+            for p, a in zip(unique, answers):
+                cache.add(p, a)
+            state_of = dict(zip(unique, states))
+            out = generate_from_prefix(model, tok, [prompts[i] for i in part], [state_of[pre_prompts[i]] for i in part],
+                                       max_new_tokens=gen["max_new_tokens"], chat=gen["chat"], batch_size=step,
+                                       row_context=lambda idx: group.rows([owners[part[j]] for j in idx]))
+            for i, t in zip(part, out):
+                texts[i] = t
+        return texts  # type: ignore[return-value]
 
     def _one_edit(self, model, tok, method, inst, cache, gen, judge, fingerprint, general=None) -> dict[str, Any]:
         """Evaluate one instance before and after its edit; ``general`` also scores KQA/CSum while edited."""
         inputs = inst.eval_inputs()
         t0 = time.perf_counter()
+        self._generate_missing(model, tok, list(inputs.values()), cache, gen, "pre-edit generations")
         row = self._row(inst, judge, inputs, dict(zip(inputs, cache.lookup(inputs.values()))))
         t1 = time.perf_counter()
         edit = method.edit(model, tok, [inst], chat=gen["chat"])

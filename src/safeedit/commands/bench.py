@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ def cmd_bench(args) -> int:
         method_options=parse_set_options(args.set), dtype=args.dtype, device=args.device,
         trust_remote_code=args.trust_remote_code, kqa_n=args.kqa_n, csum_n=args.csum_n,
         general_instances=args.general_instances, group_size=args.group_size, device_map=args.device_map,
+        **({} if args.prefix_reuse is None else {"prefix_reuse": args.prefix_reuse}),
     )
     run_bench(config)
     print(compare_runs([args.out]))
@@ -94,6 +97,10 @@ def register(sub) -> None:
     b.add_argument("--group-size", type=int, default=8,
                    help="per-instance editors that support it (dinm): edit and evaluate this many instances with "
                         "the same toxic layer at once (1: one at a time; results equal up to float rounding)")
+    b.add_argument("--prefix-reuse", action=argparse.BooleanOptionalAction, default=None,
+                   help="grouped editors: answer each group's pre-edit prompts in its pass and reuse that unedited "
+                        "prefill below the edited layer for the post-edit prompts (default: on; results equal up "
+                        "to float rounding)")
     b.add_argument("--device-map", default=None,
                    help="'auto': spread a model too large for one GPU over all visible GPUs (accelerate)")
     b.set_defaults(func=cmd_bench)

@@ -51,6 +51,23 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def generation_config(model, tokenizer, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
+                      top_p: float = 1.0):
+    """transformers' GenerationConfig for our calls: greedy unless sampling, the model's stop tokens."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        eos_token_id=stop_token_ids(model, tokenizer),
+        use_cache=True,
+    )
+
+
 def encode_prompts(
     tokenizer, prompts: list[str], chat: bool, system: str | None, max_len: int
 ) -> tuple[list[list[int]], list[int]]:
@@ -96,8 +113,6 @@ def generate(
     indices of the prompts in that batch, in row order (grouped evaluation uses it to serve each
     row with its own instance's edit, :meth:`safeedit.methods.base.GroupEdit.rows`).
     """
-    from transformers import GenerationConfig
-
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)
     if not prompts:
@@ -118,17 +133,9 @@ def generate(
     if stats is not None:
         stats.truncated.extend(truncated)
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None,
-        top_k=None,
-        pad_token_id=pad_id,
-        eos_token_id=stop_token_ids(model, tokenizer),
-        use_cache=True,
-    )
+    config = generation_config(model, tokenizer, max_new_tokens, do_sample=do_sample, temperature=temperature,
+                               top_p=top_p)
+    pad_id = config.pad_token_id
     if seed is not None:
         torch.manual_seed(seed)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch

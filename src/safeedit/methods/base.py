@@ -94,6 +94,10 @@ class GroupEdit:
     evaluations that run one edited model at a time; ``Edit.restore()`` undoes it bit for bit).
     """
 
+    #: the lowest decoder layer whose weights the edits change; below it nothing differs from the
+    #: unedited model (prefix reuse starts there). None: unknown, no reuse
+    lowest_changed_layer: int | None = None
+
     def __init__(self, model: nn.Module, method: str, instances: list[InstanceEdit]):
         self.model = model
         self.method = method

@@ -349,6 +349,7 @@ class DINMGroupEdit(GroupEdit):
                  weights: torch.Tensor):
         super().__init__(model, method, instances)
         self.arch, self.layer, self.weights = arch, layer, weights
+        self.lowest_changed_layer = layer
         self.module_name = f"{arch.layers}.{layer}.{arch.w_v}"
 
     @contextmanager

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from safeedit.lm.arch import ArchitectureMap
 from safeedit.lm.chat import adds_special_tokens, format_prompt
+from safeedit.lm.layer_bypass import run_from_layer
 from safeedit.methods.base import EditError
 
 
@@ -138,35 +139,15 @@ class FastRunner(NaiveRunner):
         self._returns_tuple = bool(seen.get("tuple"))
 
     def __enter__(self):
-        returns_tuple = self._returns_tuple
-
-        def bypass(hidden_states, *args, **kwargs):
-            return (hidden_states,) if returns_tuple else hidden_states
-
-        # earlier layers become identity functions while editing; a forward set on the instance
-        # (accelerate's device hooks under device_map) is put back afterwards
-        self._own_forwards = [self.layers[i].__dict__.get("forward") for i in range(self.layer)]
-        for i in range(self.layer):
-            self.layers[i].forward = bypass
-
-        def feed_cached(_module, args, kwargs):
-            if "hidden_states" in kwargs:
-                kwargs["hidden_states"] = self._active_input
-            else:
-                args = (self._active_input, *args[1:])
-            return args, kwargs
-
-        self._handles.append(self.layers[self.layer].register_forward_pre_hook(feed_cached, with_kwargs=True))
+        # earlier layers become identity functions while editing; layer L reads the cached input
+        self._bypass = run_from_layer(self.layers, self.layer, lambda: self._active_input, self._returns_tuple)
+        self._bypass.__enter__()
+        self._handles.append(self._bypass)
         return self
 
     def __exit__(self, *exc):
-        for i, own in enumerate(self._own_forwards):
-            if own is None:
-                del self.layers[i].forward  # back to the class's forward
-            else:
-                self.layers[i].forward = own
-        for h in self._handles:
-            h.remove()
+        for ctx in self._handles:
+            ctx.__exit__(None, None, None)
         self._handles.clear()
         return False
 

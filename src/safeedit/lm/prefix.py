@@ -1,0 +1,232 @@
+"""Prefix reuse: post-edit generation that starts from the unedited model's prefill below the edit.
+
+An edit confined to layers >= L (DINM: W_V of the toxic layer L) leaves the hidden states entering
+layer L, and the attention keys/values of layers 0..L-1, unchanged for every token. The post-edit
+prompt is the pre-edit prompt plus a suffix (DINM's), so the two share a long token prefix. So:
+
+1. :func:`generate_capturing_prefix` answers the pre-edit prompts with the *unedited* model like
+   :func:`safeedit.lm.generate`, and keeps, for each prompt, what its prefill computed below L:
+   the keys/values of layers 0..L-1 and the hidden states entering layer L (:class:`PrefixState`).
+2. :func:`generate_from_prefix` answers the post-edit prompts with the *edited* model (in place,
+   or per row under a ``row_context``): for the tokens a prompt shares with its pre-edit prompt it
+   runs only layers >= L, from the kept hidden states, and takes layers < L's keys/values from the
+   kept state; the remaining tokens (the suffix) and the new tokens run through the whole model.
+
+For an edit at the last layer this removes nearly all of the post-edit prefill. The saving exists
+only when the pre-edit answers are generated in the same pass; answers already in a generation
+cache have no prefill to share, and those prompts take the plain path. Results equal plain
+generation up to float rounding (same tokens, same positions, same masks; a test checks the keys/values
+against a plain prefill and the greedy answers against :func:`safeedit.lm.generate`).
+
+Only models whose KV cache is one plain full-attention layer per decoder layer are supported
+(Llama, Mistral without a sliding window in use, Qwen2, SmolLM2, ...); :func:`supports_prefix_reuse` says
+so, and callers fall back to plain generation otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import torch
+
+from safeedit.errors import ConfigError
+from safeedit.lm.arch import resolve_architecture
+from safeedit.lm.chat import use_chat_template
+from safeedit.lm.generation import (
+    GenerationStats,
+    context_window,
+    encode_prompts,
+    generation_config,
+    left_pad,
+)
+from safeedit.lm.layer_bypass import layer_returns_tuple, run_from_layer
+
+
+@dataclass
+class PrefixState:
+    """What the unedited prefill of one prompt computed below layer ``layer``."""
+
+    ids: list[int]  # the prefilled token ids (the formatted prompt minus its last token)
+    layer: int
+    keys: list[torch.Tensor]  # per layer < ``layer``: [kv_heads, len(ids), head_dim]
+    values: list[torch.Tensor]
+    hidden: torch.Tensor  # [len(ids), hidden]: the input of layer ``layer``
+
+
+def supports_prefix_reuse(model) -> bool:
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # noqa: BLE001 - a config the cache cannot read: no reuse, plain path
+        return False
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _cache_arg(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); use whichever this version takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _positions(attention: torch.Tensor) -> torch.Tensor:
+    # as transformers' generate derives them: a token's position counts only real tokens before it
+    return (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
+
+
+def _encode(model, tokenizer, prompts, chat, max_new_tokens):
+    max_prompt = context_window(model, tokenizer) - max_new_tokens
+    if max_prompt < 2:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room in the model's window")
+    encoded, truncated = encode_prompts(tokenizer, prompts, chat, None, max_prompt)
+    return encoded, truncated
+
+
+def _decode_new(tokenizer, output, width, batch, answers, stats, pad_id):
+    new = output[:, width:]
+    for row, index in enumerate(batch):
+        answers[index] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+        if stats is not None:
+            stats.new_tokens += int((new[row] != pad_id).sum())
+
+
+def generate_capturing_prefix(model, tokenizer, prompts: list[str], *, layer: int, max_new_tokens: int = 128,
+                              chat: bool | None = None, batch_size: int = 8,
+                              stats: GenerationStats | None = None) -> tuple[list[str], list[PrefixState]]:
+    """Greedy answers of the (unedited) model, and each prompt's :class:`PrefixState` below ``layer``."""
+    from transformers import DynamicCache
+
+    chat = use_chat_template(tokenizer, chat)
+    layers = resolve_architecture(model).decoder_layers(model)
+    if not 0 < layer < len(layers):
+        raise ConfigError(f"prefix reuse needs an edit layer in 1..{len(layers) - 1}, got {layer}")
+    encoded, truncated = _encode(model, tokenizer, prompts, chat, max_new_tokens)
+    if stats is not None:
+        stats.truncated.extend(truncated)
+    config = generation_config(model, tokenizer, max_new_tokens)
+    pad_id = config.pad_token_id
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    answers: list[str] = [""] * len(prompts)
+    states: list[PrefixState | None] = [None] * len(prompts)
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(_module, args, kwargs):
+        seen["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
+
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids, attention = left_pad([encoded[i] for i in batch], pad_id, device)
+            width = ids.shape[1]
+            cache = DynamicCache(config=model.config)
+            handle = layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
+            try:  # prefill all but the last token; generate feeds that one and decodes
+                model(input_ids=ids[:, :-1], attention_mask=attention[:, :-1],
+                      position_ids=_positions(attention[:, :-1]), use_cache=True, logits_to_keep=1,
+                      **{_cache_arg(model): cache})
+            finally:
+                handle.remove()
+            for row, index in enumerate(batch):
+                n = len(encoded[index]) - 1
+                lo = width - 1 - n
+                states[index] = PrefixState(
+                    ids=list(encoded[index][:-1]), layer=layer,
+                    keys=[cache.layers[li].keys[row, :, lo:].clone() for li in range(layer)],
+                    values=[cache.layers[li].values[row, :, lo:].clone() for li in range(layer)],
+                    hidden=seen["hidden"][row, lo:].clone())
+            output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
+                                    **{_cache_arg(model): cache})
+            _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
+    return answers, states  # type: ignore[return-value]
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[PrefixState], *,
+                         max_new_tokens: int = 128, chat: bool | None = None, batch_size: int = 8,
+                         stats: GenerationStats | None = None,
+                         row_context: Callable[[list[int]], ContextManager] | None = None) -> list[str]:
+    """Greedy answers of the edited model, reusing ``states[i]`` (from the unedited model) for prompt i.
+
+    The edit must change nothing below ``states[i].layer``. ``row_context`` as in :func:`generate`.
+    """
+    from contextlib import nullcontext
+
+    from transformers import DynamicCache
+
+    if len(states) != len(prompts):
+        raise ConfigError(f"{len(prompts)} prompts but {len(states)} prefix states")
+    if not prompts:
+        return []
+    chat = use_chat_template(tokenizer, chat)
+    layers = resolve_architecture(model).decoder_layers(model)
+    layer = states[0].layer
+    if any(s.layer != layer for s in states):
+        raise ConfigError("prefix states of one call must share their layer")
+    encoded, truncated = _encode(model, tokenizer, prompts, chat, max_new_tokens)
+    if stats is not None:
+        stats.truncated.extend(truncated)
+    config = generation_config(model, tokenizer, max_new_tokens)
+    pad_id = config.pad_token_id
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    answers: list[str] = [""] * len(prompts)
+    returns_tuple = _probe_tuple(model, layers)  # outside any row context: a one-row probe
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids, attention = left_pad([encoded[i] for i in batch], pad_id, device)
+            width = ids.shape[1]
+            # reusable tokens per row: shared with its state, and at least one token left to feed
+            shared = [min(_shared(encoded[i], states[i].ids), len(encoded[i]) - 1) for i in batch]
+            cached = min(width - len(encoded[i]) + s for i, s in zip(batch, shared))  # common cache width
+            with row_context(batch) if row_context is not None else nullcontext():
+                cache = DynamicCache(config=model.config)
+                if cached > 0:
+                    first = [width - len(encoded[i]) for i in batch]  # column of each row's first token
+                    hidden = _gather([states[i].hidden for i in batch], first, cached)
+                    with run_from_layer(layers, layer, lambda: hidden, returns_tuple):
+                        model(input_ids=ids[:, :cached], attention_mask=attention[:, :cached],
+                              position_ids=_positions(attention[:, :cached]), use_cache=True, logits_to_keep=1,
+                              **{_cache_arg(model): cache})
+                    for li in range(layer):  # layers below the edit: the unedited keys/values
+                        cache.layers[li].update(_gather([states[i].keys[li] for i in batch], first, cached, dim=1),
+                                                _gather([states[i].values[li] for i in batch], first, cached, dim=1))
+                reuse = {_cache_arg(model): cache} if cached > 0 else {}
+                output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config, **reuse)
+            _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
+    return answers
+
+
+def _gather(rows: list[torch.Tensor], first: list[int], width: int, dim: int = 0) -> torch.Tensor:
+    """Stack per-row tensors into ``width`` left-padded columns (zeros where a row has padding)."""
+    ref = rows[0]
+    shape = list(ref.shape)
+    shape[dim] = width
+    out = ref.new_zeros([len(rows), *shape])
+    for r, (x, col) in enumerate(zip(rows, first)):
+        take = width - col  # this row's real tokens inside the cached columns
+        if take > 0:
+            out[r].narrow(dim, col, take).copy_(x.narrow(dim, 0, take))
+    return out
+
+
+def _probe_tuple(model, layers) -> bool:
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return layer_returns_tuple(layers[0], lambda: model(
+            input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False))
+
+
+__all__ = ["PrefixState", "generate_capturing_prefix", "generate_from_prefix", "supports_prefix_reuse"]
