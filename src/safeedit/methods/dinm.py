@@ -372,8 +372,8 @@ class DINMGroupEdit(GroupEdit):
 class _GroupRunner(FastRunner):
     """The fast path for a batch: K right-padded sequences per batch, layers >= L from cached inputs.
 
-    ``batches[b]`` holds K sequences (row k belongs to instance k). Logits are computed from the
-    first scored position of any row to the end; each row then takes its own scored positions.
+    ``batches[b]`` holds K sequences (row k belongs to instance k). Logits are computed only at each
+    row's own scored positions.
     """
 
     def __init__(self, model, arch: ArchitectureMap, layer: int, batches: list[list[TargetSequence]],
@@ -424,22 +424,38 @@ class _GroupRunner(FastRunner):
                         self._initial_logits.append([])
                         self._layer_inputs.append(padded)
                         continue
-                    self._initial_logits.append(self._row_logits(b, self._batch_forward(b)))
+                    self._initial_logits.append(self._batch_forward(b))
                     self._layer_inputs.append(seen["input"])
         finally:
             h1.remove()
             h2.remove()
         self._returns_tuple = bool(seen.get("tuple"))
 
-    def _batch_forward(self, b: int) -> torch.Tensor:
+    def _batch_forward(self, b: int) -> list[torch.Tensor]:
+        """Per-row logits at that row's scored positions. The output layer sees only those positions
+        (a pre-hook gathers them): rows of different lengths would otherwise cost logits over the span
+        from the earliest scored position of any row to the end, for every row."""
         ids = self._padded[b]
         keep = {self._keep_arg: ids.shape[1] - self._first[b]} if self._keep_arg else {}
-        return self.model(input_ids=ids, use_cache=False, **keep).logits
+        spans = [(s.target_start - 1, len(s.ids) - 1) for s in self.batches[b]]
+        head = self.model.get_output_embeddings()
+        if head is None:
+            logits = self.model(input_ids=ids, use_cache=False, **keep).logits
+            offset = ids.shape[1] - logits.shape[1]
+            return [logits[row, a - offset:e - offset] for row, (a, e) in enumerate(spans)]
 
-    def _row_logits(self, b: int, logits: torch.Tensor) -> list[torch.Tensor]:
-        offset = self._padded[b].shape[1] - logits.shape[1]  # positions before the kept ones
-        return [logits[row, s.target_start - 1 - offset:len(s.ids) - 1 - offset]
-                for row, s in enumerate(self.batches[b])]
+        def gather(_module, args):
+            hidden = args[0]
+            offset = ids.shape[1] - hidden.shape[1]  # positions before the kept ones
+            picked = torch.cat([hidden[row, a - offset:e - offset] for row, (a, e) in enumerate(spans)])
+            return (picked.unsqueeze(0), *args[1:])
+
+        handle = head.register_forward_pre_hook(gather)
+        try:
+            logits = self.model(input_ids=ids, use_cache=False, **keep).logits[0]
+        finally:
+            handle.remove()
+        return list(logits.split([e - a for a, e in spans]))
 
     def reference_log_probs(self, b: int) -> list[torch.Tensor]:
         return [F.log_softmax(x.float(), dim=-1) for x in self._initial_logits[b]]
@@ -451,7 +467,7 @@ class _GroupRunner(FastRunner):
         if not self._handles:
             raise RuntimeError("_GroupRunner.target_logits is only valid inside its context")
         self._active_input = self._layer_inputs[b]
-        return self._row_logits(b, self._batch_forward(b))
+        return self._batch_forward(b)
 
 
 __all__ = ["DINM", "DINMConfig", "DINMGroupEdit", "PAPER_SUFFIX"]

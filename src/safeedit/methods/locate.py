@@ -16,6 +16,7 @@ Reference-compatible procedure (``without_context=True``)
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -49,9 +50,13 @@ def _layer_outputs(model, arch: ArchitectureMap, input_ids: torch.Tensor, attent
         captured.append((output[0] if isinstance(output, tuple) else output).detach())
 
     handles = [layer.register_forward_hook(grab) for layer in arch.decoder_layers(model)]
+    # only the hidden states are read: skip the [tokens x vocab] logits (about 200 MB for two
+    # 500-token sequences of a 49k vocabulary), the largest tensor of the pass
+    params = inspect.signature(model.forward).parameters
+    keep = next(({k: 1} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})
     try:
         with torch.no_grad():
-            model(input_ids=input_ids, attention_mask=attention, use_cache=False)
+            model(input_ids=input_ids, attention_mask=attention, use_cache=False, **keep)
     finally:
         for h in handles:
             h.remove()
