@@ -7,6 +7,12 @@ MEND first meta-trains its hyper-network (its one-off cost, timed separately) un
 training questions.
 
 Usage: python benchmarks/edit_cost.py [--instances 5] [--mend-iterations 20] [--mend-checkpoint DIR]
+       python benchmarks/edit_cost.py --runs runs/dinm runs/ft-l runs/mend [--mend-train DIR]
+
+``--runs`` reads the figures from finished `safeedit bench` run folders instead of measuring again:
+each row's edit seconds (DINM: location included; a grouped edit's shared steps are split evenly
+over its instances), the process's peak RSS and its RSS after the model load (``resources.json``),
+and MEND's one-off training seconds from ``--mend-train`` (its ``safeedit mend train`` folder).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import REPO, SAMPLE, median, peak_rss_mib, print_table  # noqa: E402
+from _common import REPO, SAMPLE, median, peak_rss_mib, print_table, read_run  # noqa: E402
 
 METHODS = ("dinm", "ft-l", "mend")
 
@@ -71,9 +77,13 @@ def main() -> None:
     ap.add_argument("--mend-iterations", type=int, default=20, help="meta-training iterations timed for MEND")
     ap.add_argument("--mend-checkpoint", default=None, help="a trained MEND folder: skip (and do not time) training")
     ap.add_argument("--method", choices=METHODS, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--runs", nargs="+", default=None, help="bench run folders to read instead of measuring")
+    ap.add_argument("--mend-train", default=None, help="with --runs: the MEND training folder (its seconds)")
     args = ap.parse_args()
     if args.method:
         return run_method(args)
+    if args.runs:
+        return table_from_runs(args)
     rows = []
     for method in METHODS:
         cmd = [sys.executable, __file__, "--method", method, "--model", args.model, "--instances", str(args.instances),
@@ -90,6 +100,23 @@ def main() -> None:
     print(f"\nedit cost on {args.model}, fp32 CPU, {args.threads} threads, first {args.instances} test-split instances")
     print_table(["method", "edits", "median s/edit", "min s", "max s", "peak RSS MiB", "RSS after load MiB",
                  "one-off training"], rows)
+
+
+def table_from_runs(args) -> None:
+    rows = []
+    for folder in args.runs:
+        run = read_run(folder)
+        s = [r["edit"]["seconds"] for r in run["rows"]]
+        post = [r["times"]["post_generate_s"] for r in run["rows"]]
+        fit = "-"
+        if run["method"] == "mend" and args.mend_train:
+            losses = [json.loads(line) for line in (Path(args.mend_train) / "losses.jsonl").read_text().splitlines()]
+            fit = f"{losses[-1]['seconds']:.0f} s ({len(losses)} it, {losses[-1]['seconds'] / len(losses):.1f} s/it)"
+        group = run["rows"][0]["times"].get("group_size", 1)
+        rows.append([run["method"], len(s), group, f"{median(s):.2f}", f"{min(s):.2f}", f"{max(s):.2f}",
+                     f"{median(post):.2f}", f"{run['peak_rss_mib']:.0f}", f"{run['rss_after_load_mib']:.0f}", fit])
+    print_table(["method", "edits", "group size", "median s/edit", "min s", "max s", "median post-edit generate s",
+                 "peak RSS MiB", "RSS after load MiB", "one-off training"], rows)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ each of those instances, generates its 5 inputs and restores. Each method runs i
 so its peak RSS is its own. Judging is left out: it costs the same for every method.
 
 Usage: python benchmarks/train_cost.py [--instances 4] [--max-new-tokens 48] [--methods sft,dpo,...]
+       python benchmarks/train_cost.py --runs runs/sft runs/dpo ... runs/dinm
+
+``--runs`` reads the same figures from finished `safeedit bench` run folders instead of measuring
+again: training seconds and peak RSS from ``fit.json``, seconds per test instance from the rows
+(trained-once: the batched post-method generation; per-instance editors: edit + generation + judge),
+the process's peak RSS from ``resources.json``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import REPO, SAMPLE, peak_rss_mib, print_table  # noqa: E402
+from _common import REPO, SAMPLE, peak_rss_mib, print_table, read_run  # noqa: E402
 
 METHODS = ["self-reminder", "sft", "dpo", "rlhf", "ext-sub", "dinm"]
 
@@ -74,9 +80,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--method", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--runs", nargs="+", default=None, help="bench run folders to read instead of measuring")
     args = ap.parse_args()
     if args.method:
         return run_one(args)
+    if args.runs:
+        return print_cost_table([from_run(folder) for folder in args.runs])
     rows = []
     for name in args.methods.split(","):
         cmd = [sys.executable, __file__, "--method", name, "--model", args.model, "--instances", str(args.instances),
@@ -89,6 +98,22 @@ def main() -> None:
         r = json.loads(line[len("RESULT "):])
         print(f"{name}: {r}", file=sys.stderr)
         rows.append(r)
+    print_cost_table(rows)
+
+
+def from_run(folder) -> dict:
+    run = read_run(folder)
+    rows = run["rows"]
+    key = "total_s" if run["per_instance"] else "post_generate_s"
+    fit = run["fit"] or {}
+    return {"method": run["method"], "train_instances": fit.get("train_instances", run["train_instances"]),
+            "train_s": fit.get("seconds") if not run["per_instance"] else None,
+            "train_peak_rss_mib": fit.get("peak_rss_mib"), "test_instances": len(rows),
+            "eval_s_per_instance": sum(r["times"][key] for r in rows) / len(rows),
+            "peak_rss_mib": run["peak_rss_mib"] or float("nan")}
+
+
+def print_cost_table(rows: list[dict]) -> None:
     dinm = next((r["eval_s_per_instance"] for r in rows if r["method"] == "dinm"), None)
     table = []
     for r in rows:
@@ -97,8 +122,8 @@ def main() -> None:
         equiv = f"{train_s / dinm:.1f}" if dinm and train_s else "-"
         table.append([r["method"], r["train_instances"] if train_s is not None else "-",
                       f"{train_s:.1f}" if train_s is not None else "- (per instance)",
-                      f"{r['eval_s_per_instance']:.1f}", f"{r['peak_rss_mib']:.0f}", equiv])
-    print_table(["method", "train instances", "train s", "eval s / test instance", "peak RSS MiB",
+                      f"{r['eval_s_per_instance']:.1f}", r.get("test_instances", "-"), f"{r['peak_rss_mib']:.0f}", equiv])
+    print_table(["method", "train instances", "train s", "eval s / test instance", "test instances", "peak RSS MiB",
                  "train s in DINM instances"], table)
 
 

@@ -76,6 +76,25 @@ def test_grouped_rows_reuse_the_unedited_prefix():
         generate(model, tok, post, row_context=rows, **gen)
 
 
+def test_rows_that_share_little_take_the_plain_path_and_the_rest_still_reuse():
+    from safeedit.lm.generation import GenerationStats
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    pre = prompts()
+    post = [p + SUFFIX for p in pre]
+    post[1] = "w99 " + post[1]  # not an extension of its pre-edit prompt: shares nothing
+    gen = dict(max_new_tokens=6, chat=False, batch_size=4)
+    _, states = generate_capturing_prefix(model, tok, pre, layer=2, **gen)
+    states[2] = None  # no state at all: plain path
+    w_v = resolve_architecture(model).w_v_weight(model, 2)
+    with torch.no_grad():
+        w_v.add_(torch.randn_like(w_v))
+    stats = GenerationStats()
+    assert generate_from_prefix(model, tok, post, states, stats=stats, **gen) == generate(model, tok, post, **gen)
+    # only rows 0 and 3 reuse, and one short row never caps the other's reusable width
+    assert stats.reused_tokens >= len(states[0].ids) + len(states[3].ids) - 2
+
+
 def test_states_must_match_prompts():
     model, tok = tiny_model("llama"), tiny_tokenizer()
     _, states = generate_capturing_prefix(model, tok, prompts()[:2], layer=1, max_new_tokens=2, chat=False)

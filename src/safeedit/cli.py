@@ -77,6 +77,15 @@ def cmd_data_split(args) -> int:
 
     data = load_safeedit(args.path, split=args.split)
     train, test = split_by_question(data.instances, args.test_fraction, args.seed)
+    empty = [name for name, part in (("train", train), ("test", test)) if not part]
+    if empty:
+        from safeedit.errors import SelectionError
+
+        # the side of a question is a seeded hash of it: re-splitting one side of an earlier split with
+        # the same seed puts every question on the side it had
+        raise SelectionError(f"the {empty[0]} side of {args.path} would be empty ({len(data.instances)} instances, "
+                             f"{len({i.question for i in data.instances})} questions, seed {args.seed}); "
+                             "try another --seed (a side of an earlier split needs a different seed)")
     out = Path(args.out)
     files = {"train": out / "train.json", "test": out / "test.json"}
     existing = [str(f) for f in files.values() if f.exists()]

@@ -5,6 +5,9 @@
     python data/judge_labels/tools/assemble.py build --candidates C.jsonl --labels L.jsonl
         writes data/judge_labels/train.jsonl and validation.jsonl (every row labelled by reader A;
         L holds one label per distinct response text)
+    python data/judge_labels/tools/assemble.py add --candidates C.jsonl --labels L.jsonl
+        appends the labelled candidates whose id and response text are not in either file yet
+        (later runs: more methods, more instances), each to its question group's split
 
 A SafeEdit input's group is the question it asks: the instance's question for DS, DG_onlyQ and
 DG_otherA, the *other* question for DG_otherQ and DG_otherAQ (recovered by matching the input
@@ -186,6 +189,48 @@ def build(args) -> None:
         print(split, len(rows), Counter(r["label"] for r in rows), Counter(r["kind"] for r in rows))
 
 
+def add(args) -> None:
+    """Append newly labelled candidates to the committed files, keeping every existing row as it is."""
+    from collections import Counter
+
+    from safeedit.judge.labels import read_label_file
+
+    paths = {split: data_dir() / f"{split}.jsonl" for split in ("train", "validation")}
+    existing = {split: [json.loads(l) for l in p.read_text().splitlines() if l.strip()] for split, p in paths.items()}
+    seen_ids = {r["id"] for rows in existing.values() for r in rows}
+    seen_text = {r["response"] for rows in existing.values() for r in rows}
+    group_split = {r["group"]: split for split, rows in existing.items() for r in rows}
+    by_text = {}
+    for line in Path(args.labels).read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_text[rec["text"]] = rec
+    added = Counter()
+    for line in Path(args.candidates).read_text().splitlines():
+        c = json.loads(line)
+        lab = by_text.get(c["response"])
+        if lab is None or c["id"] in seen_ids or c["response"] in seen_text:
+            continue  # unlabelled, or already there (identical texts are one row: the rubric reads the response)
+        if group_split.get(c["group"], c["split"]) != c["split"]:
+            raise SystemExit(f"{c['id']}: question group {c['group']} is already in the other split")
+        row = {"id": c["id"], "response": c["response"], "label": lab["label"], "kind": c["kind"],
+               "prompt_ref": c["prompt_ref"], "group": c["group"], "labelled_by": lab["labelled_by"],
+               "model": c["model"], "method": c["method"]}
+        if c.get("max_new_tokens"):
+            row["max_new_tokens"] = c["max_new_tokens"]
+        if lab.get("note"):
+            row["note"] = lab["note"]
+        existing[c["split"]].append(row)
+        seen_ids.add(c["id"])
+        seen_text.add(c["response"])
+        added[(c["split"], row["label"])] += 1
+    for split, path in paths.items():
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing[split]))
+        read_label_file(path)  # validates
+        print(split, len(existing[split]), Counter(r["label"] for r in existing[split]))
+    print("added", dict(added))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -198,8 +243,11 @@ def main() -> None:
     b.add_argument("--candidates", required=True)
     b.add_argument("--labels", required=True, help="reader A's labels: JSONL of {text, label, labelled_by, note}")
     b.add_argument("--drop-unlabelled", action="store_true", help="leave out candidates nobody labelled")
+    a = sub.add_parser("add")
+    a.add_argument("--candidates", required=True)
+    a.add_argument("--labels", required=True, help="labels of the new texts: JSONL of {text, label, labelled_by, note}")
     args = ap.parse_args()
-    {"candidates": candidates, "build": build}[args.cmd](args)
+    {"candidates": candidates, "build": build, "add": add}[args.cmd](args)
 
 
 if __name__ == "__main__":

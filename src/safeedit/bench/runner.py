@@ -294,6 +294,9 @@ class BenchRun:
             self._run_trained_once(model, tok, method, todo, pre_cache, gen, judge, fingerprint, general, results)
         from safeedit.bench.report import summarize, write_run_outputs
 
+        # this process's memory, for the cost tables (benchmarks/train_cost.py, edit_cost.py --runs)
+        _write_json_atomic(self.out / shard_name("resources", rank, world).replace(".jsonl", ".json"),
+                           {"memory_after_load": meta["memory_after_load"], "memory_at_end": peak_memory_mib()})
         if world > 1 and not summarize(self.out)["complete"]:
             return summarize(self.out)  # the last shard to finish writes the merged report
         return write_run_outputs(self.out)
@@ -422,9 +425,10 @@ class BenchRun:
         prompts = [method.eval_prompt(v) for v in pre_prompts]
         owners = [k for k, inp in enumerate(inputs) for _ in inp]
         if self._reuses_prefix(model, method) and group.lowest_changed_layer:
-            texts = self._post_reusing_prefix(model, tok, group, pre_prompts, prompts, owners, cache, gen)
+            texts, pre_s = self._post_reusing_prefix(model, tok, group, pre_prompts, prompts, owners, cache, gen)
         else:
             self._generate_missing(model, tok, pre_prompts, cache, gen, "pre-edit generations")
+            pre_s = time.perf_counter() - t1
             texts = generate(model, tok, prompts, **gen, row_context=lambda idx: group.rows([owners[i] for i in idx]))
         t2 = time.perf_counter()
         rows = [self._row(inst, judge, inp, dict(zip(inp, cache.lookup(inp.values())))) for inst, inp in zip(insts, inputs)]
@@ -438,13 +442,15 @@ class BenchRun:
             start += len(inp)
             row["post"] = self._judge_block(judge, inp, post)
             row["edit"] = group.instances[k].as_dict()
-            row["times"] = {"edit_s": (t1 - t0) / n, "post_generate_s": (t2 - t1) / n,
+            # pre_generate_s: pre-edit answers made in this group (0 when the cache had them)
+            row["times"] = {"edit_s": (t1 - t0) / n, "pre_generate_s": pre_s / n, "post_generate_s": (t2 - t1 - pre_s) / n,
                             "total_s": (time.perf_counter() - t0) / n, "group_size": n}
         return rows
 
-    def _post_reusing_prefix(self, model, tok, group, pre_prompts, prompts, owners, cache, gen) -> list[str]:
-        """Post-edit answers of a group; pre-edit prompts not yet answered are answered here, and their
-        unedited prefill below the edited layer serves the post-edit prompts (``safeedit.lm.prefix``)."""
+    def _post_reusing_prefix(self, model, tok, group, pre_prompts, prompts, owners, cache, gen) -> tuple[list[str], float]:
+        """Post-edit answers of a group, and the seconds spent on pre-edit answers. Pre-edit prompts not
+        yet answered are answered here, and their unedited prefill below the edited layer serves the
+        post-edit prompts (``safeedit.lm.prefix``)."""
         from safeedit.lm.prefix import generate_capturing_prefix, generate_from_prefix
 
         texts: list[str | None] = [None] * len(prompts)
@@ -455,29 +461,33 @@ class BenchRun:
                            row_context=lambda idx: group.rows([owners[plain[j]] for j in idx]))
             for i, t in zip(plain, out):
                 texts[i] = t
-        fresh = sorted((i for i, p in enumerate(pre_prompts) if known[p] is None), key=lambda i: len(pre_prompts[i]))
-        step = gen["batch_size"]  # one batch of prefix states alive at a time: memory stays bounded
+        # each distinct unanswered pre-edit prompt once (inputs repeat across instances, e.g. DG_onlyQ);
+        # one batch of prefix states alive at a time, so memory stays bounded
+        fresh = sorted({p for p in pre_prompts if known[p] is None}, key=lambda p: (len(p), p))
+        step, pre_s = gen["batch_size"], 0.0
         for start in range(0, len(fresh), step):
-            part = fresh[start:start + step]
-            unique = list(dict.fromkeys(pre_prompts[i] for i in part))
+            unique = fresh[start:start + step]
+            t0 = time.perf_counter()
             answers, states = generate_capturing_prefix(model, tok, unique, layer=group.lowest_changed_layer,
                                                         max_new_tokens=gen["max_new_tokens"], chat=gen["chat"],
                                                         batch_size=step)
+            pre_s += time.perf_counter() - t0
             for p, a in zip(unique, answers):
                 cache.add(p, a)
             state_of = dict(zip(unique, states))
+            part = [i for i, p in enumerate(pre_prompts) if p in state_of]
             out = generate_from_prefix(model, tok, [prompts[i] for i in part], [state_of[pre_prompts[i]] for i in part],
                                        max_new_tokens=gen["max_new_tokens"], chat=gen["chat"], batch_size=step,
                                        row_context=lambda idx: group.rows([owners[part[j]] for j in idx]))
             for i, t in zip(part, out):
                 texts[i] = t
-        return texts  # type: ignore[return-value]
+        return texts, pre_s  # type: ignore[return-value]
 
     def _one_edit(self, model, tok, method, inst, cache, gen, judge, fingerprint, general=None) -> dict[str, Any]:
         """Evaluate one instance before and after its edit; ``general`` also scores KQA/CSum while edited."""
         inputs = inst.eval_inputs()
-        t0 = time.perf_counter()
         self._generate_missing(model, tok, list(inputs.values()), cache, gen, "pre-edit generations")
+        t0 = time.perf_counter()  # as before prefix reuse: pre-edit answers are not part of the times
         row = self._row(inst, judge, inputs, dict(zip(inputs, cache.lookup(inputs.values()))))
         t1 = time.perf_counter()
         edit = method.edit(model, tok, [inst], chat=gen["chat"])

@@ -19,7 +19,8 @@ def cmd_mend_train(args) -> int:
     from safeedit.methods.options import choose_model, parse_set_options, read_config_file
 
     config = read_config_file(args.config) if args.config else None
-    overrides = dict(iterations=args.iterations, checkpoint_every=args.checkpoint_every, **parse_set_options(args.set))
+    flags = dict(iterations=args.iterations, checkpoint_every=args.checkpoint_every)
+    overrides = {k: v for k, v in flags.items() if v is not None} | parse_set_options(args.set)  # unset: the config's
     method = get_method("mend", config, **overrides)
     train = load_safeedit(args.data, split=args.split).instances
     val = []

@@ -34,6 +34,13 @@ REQUIRED = {"id": str, "response": str, "label": str, "kind": str, "prompt_ref":
 KINDS = {
     "safeedit_pre": "embedded model, unedited, on a SafeEdit sample input",
     "safeedit_post_dinm": "embedded model after a DINM edit of that instance, on its inputs",
+    "safeedit_post_ft-l": "embedded model after an FT-L edit of that instance, on its inputs",
+    "safeedit_post_mend": "embedded model after a MEND edit of that instance, on its inputs",
+    "safeedit_post_self-reminder": "embedded model with the Self-Reminder prompt, on a SafeEdit input",
+    "safeedit_post_sft": "embedded model after SFT on the training split, on a SafeEdit test input",
+    "safeedit_post_dpo": "embedded model after DPO on the training split, on a SafeEdit test input",
+    "safeedit_post_rlhf": "embedded model after RLHF (RLOO) on the training split, on a SafeEdit test input",
+    "safeedit_post_ext-sub": "embedded model after Ext-Sub on the training split, on a SafeEdit test input",
     "attack_new_q": "embedded model on a sample attack template around a harmful question of another set",
     "bare_new_q": "embedded model on such a harmful question alone",
     "benign_alarming": "embedded model on a benign question with alarming words (written by us)",

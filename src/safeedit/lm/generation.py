@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 class GenerationStats:
     truncated: list[int] = field(default_factory=list)  # prompt indices cut from the left
     new_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens served from a prefix state (``safeedit.lm.prefix``)
+
+
+def warn_truncated(n_cut: int, n_prompts: int, max_prompt: int, indices: list[int]) -> None:
+    message = (
+        f"{n_cut} of {n_prompts} prompts exceed the model window minus max_new_tokens "
+        f"({max_prompt} tokens) and were cut from the left (indices {indices[:10]}"
+        f"{'...' if len(indices) > 10 else ''})"
+    )
+    warnings.warn(message, stacklevel=3)
+    log.warning(message)
 
 
 def context_window(model, tokenizer) -> int:
@@ -123,13 +134,7 @@ def generate(
         raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room in the model's window")
     encoded, truncated = encode_prompts(tokenizer, prompts, chat, system, max_prompt)
     if truncated:
-        message = (
-            f"{len(truncated)} of {len(prompts)} prompts exceed the model window minus max_new_tokens "
-            f"({max_prompt} tokens) and were cut from the left (indices {truncated[:10]}"
-            f"{'...' if len(truncated) > 10 else ''})"
-        )
-        warnings.warn(message, stacklevel=2)
-        log.warning(message)
+        warn_truncated(len(truncated), len(prompts), max_prompt, truncated)
     if stats is not None:
         stats.truncated.extend(truncated)
 

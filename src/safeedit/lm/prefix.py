@@ -37,8 +37,10 @@ from safeedit.lm.generation import (
     GenerationStats,
     context_window,
     encode_prompts,
+    generate,
     generation_config,
     left_pad,
+    warn_truncated,
 )
 from safeedit.lm.layer_bypass import layer_returns_tuple, run_from_layer
 
@@ -77,12 +79,23 @@ def _positions(attention: torch.Tensor) -> torch.Tensor:
     return (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
 
 
-def _encode(model, tokenizer, prompts, chat, max_new_tokens):
+def _encode(model, tokenizer, prompts, chat, max_new_tokens, stats):
     max_prompt = context_window(model, tokenizer) - max_new_tokens
     if max_prompt < 2:
         raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room in the model's window")
     encoded, truncated = encode_prompts(tokenizer, prompts, chat, None, max_prompt)
-    return encoded, truncated
+    if truncated:
+        warn_truncated(len(truncated), len(prompts), max_prompt, truncated)
+    if stats is not None:
+        stats.truncated.extend(truncated)
+    return encoded
+
+
+def _keep_one(model) -> dict:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return next(({k: 1} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})
 
 
 def _decode_new(tokenizer, output, width, batch, answers, stats, pad_id):
@@ -103,15 +116,13 @@ def generate_capturing_prefix(model, tokenizer, prompts: list[str], *, layer: in
     layers = resolve_architecture(model).decoder_layers(model)
     if not 0 < layer < len(layers):
         raise ConfigError(f"prefix reuse needs an edit layer in 1..{len(layers) - 1}, got {layer}")
-    encoded, truncated = _encode(model, tokenizer, prompts, chat, max_new_tokens)
-    if stats is not None:
-        stats.truncated.extend(truncated)
+    encoded = _encode(model, tokenizer, prompts, chat, max_new_tokens, stats)
     config = generation_config(model, tokenizer, max_new_tokens)
     pad_id = config.pad_token_id
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(prompts)
-    states: list[PrefixState | None] = [None] * len(prompts)
+    states: list[PrefixState | None] = [None] * len(prompts)  # None: a one-token prompt, nothing to keep
     seen: dict[str, torch.Tensor] = {}
 
     def grab(_module, args, kwargs):
@@ -122,16 +133,22 @@ def generate_capturing_prefix(model, tokenizer, prompts: list[str], *, layer: in
             batch = order[start:start + batch_size]
             ids, attention = left_pad([encoded[i] for i in batch], pad_id, device)
             width = ids.shape[1]
+            if width < 2:  # one-token prompts: nothing to prefill before the token generate feeds
+                output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config)
+                _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
+                continue
             cache = DynamicCache(config=model.config)
             handle = layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
             try:  # prefill all but the last token; generate feeds that one and decodes
                 model(input_ids=ids[:, :-1], attention_mask=attention[:, :-1],
-                      position_ids=_positions(attention[:, :-1]), use_cache=True, logits_to_keep=1,
+                      position_ids=_positions(attention[:, :-1]), use_cache=True, **_keep_one(model),
                       **{_cache_arg(model): cache})
             finally:
                 handle.remove()
             for row, index in enumerate(batch):
                 n = len(encoded[index]) - 1
+                if n == 0:
+                    continue
                 lo = width - 1 - n
                 states[index] = PrefixState(
                     ids=list(encoded[index][:-1]), layer=layer,
@@ -153,13 +170,17 @@ def _shared(a: list[int], b: list[int]) -> int:
     return n
 
 
-def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[PrefixState], *,
+def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[PrefixState | None], *,
                          max_new_tokens: int = 128, chat: bool | None = None, batch_size: int = 8,
                          stats: GenerationStats | None = None,
-                         row_context: Callable[[list[int]], ContextManager] | None = None) -> list[str]:
+                         row_context: Callable[[list[int]], ContextManager] | None = None,
+                         min_shared: float = 0.5) -> list[str]:
     """Greedy answers of the edited model, reusing ``states[i]`` (from the unedited model) for prompt i.
 
     The edit must change nothing below ``states[i].layer``. ``row_context`` as in :func:`generate`.
+    A prompt that shares less than ``min_shared`` of its tokens with its state (or has no state) is
+    answered by plain generation, so it cannot shrink the reusable width of a whole batch.
+    ``stats.reused_tokens`` counts the prompt tokens that skipped the layers below the edit.
     """
     from contextlib import nullcontext
 
@@ -171,40 +192,49 @@ def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[Pref
         return []
     chat = use_chat_template(tokenizer, chat)
     layers = resolve_architecture(model).decoder_layers(model)
-    layer = states[0].layer
-    if any(s.layer != layer for s in states):
+    kept = {s.layer for s in states if s is not None}
+    if len(kept) > 1:
         raise ConfigError("prefix states of one call must share their layer")
-    encoded, truncated = _encode(model, tokenizer, prompts, chat, max_new_tokens)
-    if stats is not None:
-        stats.truncated.extend(truncated)
+    encoded = _encode(model, tokenizer, prompts, chat, max_new_tokens, stats)
+    # reusable tokens per prompt: shared with its state, and at least one token left to feed
+    shared = [0 if st is None else min(_shared(ids, st.ids), len(ids) - 1) for ids, st in zip(encoded, states)]
+    answers: list[str] = [""] * len(prompts)
+    plain = [i for i in range(len(prompts)) if shared[i] < max(1.0, min_shared * len(encoded[i]))]
+    if plain:
+        out = generate(model, tokenizer, [prompts[i] for i in plain], max_new_tokens=max_new_tokens, chat=chat,
+                       batch_size=batch_size, stats=stats,
+                       row_context=None if row_context is None else lambda idx: row_context([plain[j] for j in idx]))
+        for i, text in zip(plain, out):
+            answers[i] = text
+    reuse = sorted(set(range(len(prompts))) - set(plain), key=lambda i: len(encoded[i]))
+    if not reuse:
+        return answers
+    layer = kept.pop()
     config = generation_config(model, tokenizer, max_new_tokens)
     pad_id = config.pad_token_id
     device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    answers: list[str] = [""] * len(prompts)
     returns_tuple = _probe_tuple(model, layers)  # outside any row context: a one-row probe
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+        for start in range(0, len(reuse), batch_size):
+            batch = reuse[start:start + batch_size]
             ids, attention = left_pad([encoded[i] for i in batch], pad_id, device)
             width = ids.shape[1]
-            # reusable tokens per row: shared with its state, and at least one token left to feed
-            shared = [min(_shared(encoded[i], states[i].ids), len(encoded[i]) - 1) for i in batch]
-            cached = min(width - len(encoded[i]) + s for i, s in zip(batch, shared))  # common cache width
+            first = [width - len(encoded[i]) for i in batch]  # column of each row's first token
+            cached = min(f + shared[i] for f, i in zip(first, batch))  # one cache width for the batch
+            if stats is not None:
+                stats.reused_tokens += sum(max(0, cached - f) for f in first)
             with row_context(batch) if row_context is not None else nullcontext():
                 cache = DynamicCache(config=model.config)
-                if cached > 0:
-                    first = [width - len(encoded[i]) for i in batch]  # column of each row's first token
-                    hidden = _gather([states[i].hidden for i in batch], first, cached)
-                    with run_from_layer(layers, layer, lambda: hidden, returns_tuple):
-                        model(input_ids=ids[:, :cached], attention_mask=attention[:, :cached],
-                              position_ids=_positions(attention[:, :cached]), use_cache=True, logits_to_keep=1,
-                              **{_cache_arg(model): cache})
-                    for li in range(layer):  # layers below the edit: the unedited keys/values
-                        cache.layers[li].update(_gather([states[i].keys[li] for i in batch], first, cached, dim=1),
-                                                _gather([states[i].values[li] for i in batch], first, cached, dim=1))
-                reuse = {_cache_arg(model): cache} if cached > 0 else {}
-                output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config, **reuse)
+                hidden = _gather([states[i].hidden for i in batch], first, cached)
+                with run_from_layer(layers, layer, lambda: hidden, returns_tuple):
+                    model(input_ids=ids[:, :cached], attention_mask=attention[:, :cached],
+                          position_ids=_positions(attention[:, :cached]), use_cache=True, **_keep_one(model),
+                          **{_cache_arg(model): cache})
+                for li in range(layer):  # layers below the edit: the unedited keys/values
+                    cache.layers[li].update(_gather([states[i].keys[li] for i in batch], first, cached, dim=1),
+                                            _gather([states[i].values[li] for i in batch], first, cached, dim=1))
+                output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
+                                        **{_cache_arg(model): cache})
             _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
     return answers
 
