@@ -206,3 +206,23 @@ def test_report_refuses_runs_scored_by_different_judges(tmp_path):
         compare_runs(runs)
     assert "Mixed judges" in compare_runs(runs, allow_mixed_judges=True)
     assert "Mixed judges" not in compare_runs([runs[0], runs[0]])
+
+
+def test_report_on_common_instances_scores_every_run_on_the_shared_keys(tmp_path):
+    from safeedit.bench.report import compare_runs, summarize
+
+    def row(key, label):
+        block = {k: {"response": "r", "label": label, "unsafe_prob": 0.1, "degenerate": None}
+                 for k in ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ")} | {"_fluency": 3.0}
+        return {"key": key, "category": "c", "pre": block, "post": block}
+
+    big, small = tmp_path / "big", tmp_path / "small"
+    for folder, rows in ((big, [row("t#0", 0), row("t#1", 1), row("t#2", 1)]), (small, [row("t#0", 0)])):
+        folder.mkdir()
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "run.json").write_text(json.dumps({"config": {"method": "none", "model": "m"}, "prompt_mode": "raw",
+                                                     "instances": len(rows), "judge": {"kind": "classifier"}}))
+    assert summarize(big)["post"]["DS"] == pytest.approx(100 / 3)  # label 0 = safe
+    table = compare_runs([big, small], common_instances=True)
+    assert "on the 1 instances all of them have" in table
+    assert summarize(big, {"t#0"})["post"]["DS"] == 100.0 and summarize(big, {"t#0"})["complete"]

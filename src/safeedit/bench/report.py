@@ -37,7 +37,9 @@ def side_scores(rows: list[dict[str, Any]], side: str) -> dict[str, float]:
     return scores
 
 
-def summarize(run_dir: str | Path) -> dict[str, Any]:
+def summarize(run_dir: str | Path, keys: set[str] | None = None) -> dict[str, Any]:
+    """The run's scores; ``keys``: only these instances (and only the edited models of these instances
+    for a per-instance editor's KQA/CSum), e.g. the instances several runs share."""
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file():
         from safeedit.errors import InputNotFoundError
@@ -50,10 +52,15 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     # a sharded run (torchrun / accelerate launch) keeps one results and one general file per process
     rows = read_shards(run_dir, "results")
     general = read_shards(run_dir, "general")
+    expected = meta["instances"]
+    if keys is not None:
+        rows = [r for r in rows if r["key"] in keys]
+        general = [g for g in general if g["key"] in ("unedited", "method") or g["key"] in keys]
+        expected = len(keys)
     summary: dict[str, Any] = {"method": method["name"], "per_instance": method["per_instance"],
                                "model": meta.get("model") or meta["config"]["model"],
                                "prompt_mode": meta["prompt_mode"], "judge": meta.get("judge"), "n": len(rows),
-                               "expected": meta["instances"], "complete": len(rows) >= meta["instances"]}
+                               "expected": expected, "complete": len(rows) >= expected}
     summary["pre"] = side_scores(rows, "pre")
     summary["post"] = side_scores(rows, "post")
     unedited = next((g for g in general if g["key"] == "unedited"), None)
@@ -154,15 +161,25 @@ def _judge_name(judge) -> str:
     return str(judge)
 
 
-def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, allow_mixed_judges: bool = False) -> str:
+def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, allow_mixed_judges: bool = False,
+                 common_instances: bool = False) -> str:
     """Side-by-side Markdown of several runs (methods x metrics, post-method) plus a chart.
 
     Runs scored by different judges are refused unless ``allow_mixed_judges``: their numbers are
-    different instruments' readings, not a comparison of methods.
+    different instruments' readings, not a comparison of methods. ``common_instances``: score every
+    run on the instances all of them have (a run of 12 beside runs of 41 compares on those 12).
     """
     from safeedit.bench.plots import plot_compare
+    from safeedit.bench.store import read_shards
 
-    summaries = [summarize(d) for d in run_dirs]
+    keys = None
+    if common_instances:
+        keys = set.intersection(*({r["key"] for r in read_shards(Path(d), "results")} for d in run_dirs))
+        if not keys:
+            from safeedit.errors import SelectionError
+
+            raise SelectionError("these runs share no instance: nothing to compare with --common-instances")
+    summaries = [summarize(d, keys) for d in run_dirs]
     judges = {json.dumps(s["judge"], sort_keys=True, default=str) for s in summaries}
     if len(judges) > 1 and not allow_mixed_judges:
         from safeedit.errors import UserError
@@ -177,7 +194,10 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path | None = None, allo
     table = [[lab, s["n"], *[s["post"].get(m) for m in metrics],
               *([s["fit"]["seconds"] if "fit" in s else None] if with_fit else [])]
              for lab, s in zip(labels, summaries)]
-    text = ["## Methods × metrics (post-method; 'none' = unedited model)", "", markdown_table(headers, table)]
+    text = ["## Methods × metrics (post-method; 'none' = unedited model)", ""]
+    if keys is not None:
+        text += [f"Every run scored on the {len(keys)} instances all of them have (`--common-instances`).", ""]
+    text += [markdown_table(headers, table)]
     cats = sorted({c for s in summaries for c in s["per_category"]})
     text += ["", "## DS per unsafety category", "",
              markdown_table(["category", *labels], [[c, *[s["per_category"].get(c, {}).get("post", {}).get("DS") for s in summaries]]

@@ -99,8 +99,10 @@ class BenchConfig:
     #: grouped editors: generate each group's pre-edit answers in the group's pass and let its post-edit
     #: prompts reuse that unedited prefill below the edited layer (``safeedit.lm.prefix``); pays only
     #: for pre-edit answers not yet in the generation cache. Results equal the plain path up to float
-    #: rounding (benchmarks/bench_speed.py measures it)
-    prefix_reuse: bool = True
+    #: rounding. None: on when the model runs on a CPU, where prefill is compute-bound (2.1x faster
+    #: post-edit generation, benchmarks/bench_speed.py), off on a GPU, where prefill is cheap and the
+    #: reuse's bookkeeping costs more than it saves (benchmarks/gpu_check.sh)
+    prefix_reuse: bool | None = None
     #: ``auto``: let accelerate place a model larger than one GPU over all visible GPUs
     device_map: str | None = None
     #: seed for sampling, data subsets and training
@@ -342,7 +344,8 @@ class BenchRun:
         from safeedit.lm.prefix import supports_prefix_reuse
 
         cfg = self.config
-        return (cfg.prefix_reuse and method.per_instance and cfg.group_size > 1 and method.supports_grouping
+        wanted = cfg.prefix_reuse if cfg.prefix_reuse is not None else next(model.parameters()).device.type == "cpu"
+        return (wanted and method.per_instance and cfg.group_size > 1 and method.supports_grouping
                 and supports_prefix_reuse(model))
 
     def _generate_missing(self, model, tok, prompts: list[str], cache: GenerationCache, gen, desc: str) -> None:

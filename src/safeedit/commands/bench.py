@@ -36,7 +36,8 @@ def cmd_report(args) -> int:
     from safeedit.bench.report import compare_runs
 
     out = args.out or (Path(args.runs[0]).parent / "compare")
-    print(compare_runs(args.runs, out=out, allow_mixed_judges=args.allow_mixed_judges))
+    print(compare_runs(args.runs, out=out, allow_mixed_judges=args.allow_mixed_judges,
+                       common_instances=args.common_instances))
     print(f"written: {Path(out) / 'compare.md'}, {Path(out) / 'compare.png'}")
     return 0
 
@@ -99,8 +100,8 @@ def register(sub) -> None:
                         "the same toxic layer at once (1: one at a time; results equal up to float rounding)")
     b.add_argument("--prefix-reuse", action=argparse.BooleanOptionalAction, default=None,
                    help="grouped editors: answer each group's pre-edit prompts in its pass and reuse that unedited "
-                        "prefill below the edited layer for the post-edit prompts (default: on; results equal up "
-                        "to float rounding)")
+                        "prefill below the edited layer for the post-edit prompts (default: on for a CPU, off for a "
+                        "GPU; results equal up to float rounding)")
     b.add_argument("--device-map", default=None,
                    help="'auto': spread a model too large for one GPU over all visible GPUs (accelerate)")
     b.set_defaults(func=cmd_bench)
@@ -109,6 +110,8 @@ def register(sub) -> None:
     r.add_argument("runs", nargs="+")
     r.add_argument("--out", default=None, help="folder for compare.md and compare.png")
     r.add_argument("--allow-mixed-judges", action="store_true", help="compare runs scored by different judges")
+    r.add_argument("--common-instances", action="store_true",
+                   help="score every run on the instances all runs have (runs of different sizes)")
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="the quick-start job: judge (if needed), vanilla vs DINM, table")
