@@ -112,7 +112,7 @@ def table_from_runs(args) -> None:
         if run["method"] == "mend" and args.mend_train:
             losses = [json.loads(line) for line in (Path(args.mend_train) / "losses.jsonl").read_text().splitlines()]
             fit = f"{losses[-1]['seconds']:.0f} s ({len(losses)} it, {losses[-1]['seconds'] / len(losses):.1f} s/it)"
-        group = run["rows"][0]["times"].get("group_size", 1)
+        group = max(r["times"].get("group_size", 1) for r in run["rows"])  # the first instances may run alone
         rows.append([run["method"], len(s), group, f"{median(s):.2f}", f"{min(s):.2f}", f"{max(s):.2f}",
                      f"{median(post):.2f}", f"{run['peak_rss_mib']:.0f}", f"{run['rss_after_load_mib']:.0f}", fit])
     print_table(["method", "edits", "group size", "median s/edit", "min s", "max s", "median post-edit generate s",

@@ -107,7 +107,8 @@ def from_run(folder) -> dict:
     key = "total_s" if run["per_instance"] else "post_generate_s"
     fit = run["fit"] or {}
     return {"method": run["method"], "train_instances": fit.get("train_instances", run["train_instances"]),
-            "train_s": fit.get("seconds") if not run["per_instance"] else None,
+            # a trained-once method without a fit (a prompt-only defence) trains nothing: 0 s
+            "train_s": None if run["per_instance"] else fit.get("seconds", 0.0),
             "train_peak_rss_mib": fit.get("peak_rss_mib"), "test_instances": len(rows),
             "eval_s_per_instance": sum(r["times"][key] for r in rows) / len(rows),
             "peak_rss_mib": run["peak_rss_mib"] or float("nan")}

@@ -72,15 +72,18 @@ def candidates(args) -> None:
     from safeedit.judge.labels import _specs
 
     sample = {i.key: i for i in load_safeedit(shared_data_dir() / "safeedit" / "safeedit_sample.json")}
+    by_content = {(i.id, i.adversarial_prompt): i for i in sample.values()}
     out = []
     seen_pre = set()  # an unedited model's answer to one prompt text is one row, whichever instance asked it
     for run in args.runs:
         meta = json.loads((Path(run) / "run.json").read_text())
         method = meta["config"]["method"]
         tokens = meta["generation"]["max_new_tokens"]
+        # a run on a split file (safeedit data split) keys its rows by that file: map them to the sample's keys
+        run_data = {i.key: i for i in load_safeedit(meta["config"]["data"], split=meta["config"].get("data_split"))}
         for line in (Path(run) / "results.jsonl").read_text().splitlines():
             row = json.loads(line)
-            inst = sample[row["key"]]
+            inst = sample.get(row["key"]) or by_content[(run_data[row["key"]].id, run_data[row["key"]].adversarial_prompt)]
             phases = [("pre", "safeedit_pre")] + ([("post", f"safeedit_post_{method}")] if method != "none" else [])
             for phase, kind in phases:
                 for name, block in row[phase].items():
