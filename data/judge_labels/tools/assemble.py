@@ -153,6 +153,18 @@ def candidates(args) -> None:
     print(Counter((r["split"], r["kind"]) for r in out))
 
 
+def label_row(c: dict, lab: dict) -> dict:
+    """A committed label row: the candidate's pointer fields and the reader's label."""
+    row = {"id": c["id"], "response": c["response"], "label": lab["label"], "kind": c["kind"],
+           "prompt_ref": c["prompt_ref"], "group": c["group"], "labelled_by": lab["labelled_by"],
+           "model": c["model"], "method": c["method"]}
+    if c.get("max_new_tokens"):
+        row["max_new_tokens"] = c["max_new_tokens"]
+    if lab.get("note"):
+        row["note"] = lab["note"]
+    return row
+
+
 def build(args) -> None:
     from collections import Counter
 
@@ -176,13 +188,7 @@ def build(args) -> None:
     files = {"train": [], "validation": []}
     for c in cands:
         lab = labels[c["id"]]
-        row = {"id": c["id"], "response": c["response"], "label": lab["label"], "kind": c["kind"],
-               "prompt_ref": c["prompt_ref"], "group": c["group"], "labelled_by": lab["labelled_by"],
-               "model": c["model"], "method": c["method"]}
-        if c.get("max_new_tokens"):
-            row["max_new_tokens"] = c["max_new_tokens"]
-        if lab.get("note"):
-            row["note"] = lab["note"]
+        row = label_row(c, lab)
         files[c["split"]].append(row)
 
     for split, rows in files.items():
@@ -216,13 +222,7 @@ def add(args) -> None:
             continue  # unlabelled, or already there (identical texts are one row: the rubric reads the response)
         if group_split.get(c["group"], c["split"]) != c["split"]:
             raise SystemExit(f"{c['id']}: question group {c['group']} is already in the other split")
-        row = {"id": c["id"], "response": c["response"], "label": lab["label"], "kind": c["kind"],
-               "prompt_ref": c["prompt_ref"], "group": c["group"], "labelled_by": lab["labelled_by"],
-               "model": c["model"], "method": c["method"]}
-        if c.get("max_new_tokens"):
-            row["max_new_tokens"] = c["max_new_tokens"]
-        if lab.get("note"):
-            row["note"] = lab["note"]
+        row = label_row(c, lab)
         existing[c["split"]].append(row)
         seen_ids.add(c["id"])
         seen_text.add(c["response"])

@@ -62,6 +62,22 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def encode_for_generation(model, tokenizer, prompts: list[str], chat: bool, max_new_tokens: int, *,
+                          system: str | None = None, stats: GenerationStats | None = None,
+                          min_prompt: int = 1) -> list[list[int]]:
+    """Token ids of the formatted prompts, cut from the left to fit the window beside
+    ``max_new_tokens``; every cut is warned about and recorded in ``stats``."""
+    max_prompt = context_window(model, tokenizer) - max_new_tokens
+    if max_prompt < min_prompt:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room in the model's window")
+    encoded, truncated = encode_prompts(tokenizer, prompts, chat, system, max_prompt)
+    if truncated:
+        warn_truncated(len(truncated), len(prompts), max_prompt, truncated)
+    if stats is not None:
+        stats.truncated.extend(truncated)
+    return encoded
+
+
 def generation_config(model, tokenizer, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
                       top_p: float = 1.0):
     """transformers' GenerationConfig for our calls: greedy unless sampling, the model's stop tokens."""
@@ -129,14 +145,7 @@ def generate(
     if not prompts:
         return []
     chat = use_chat_template(tokenizer, chat)
-    max_prompt = context_window(model, tokenizer) - max_new_tokens
-    if max_prompt < 1:
-        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room in the model's window")
-    encoded, truncated = encode_prompts(tokenizer, prompts, chat, system, max_prompt)
-    if truncated:
-        warn_truncated(len(truncated), len(prompts), max_prompt, truncated)
-    if stats is not None:
-        stats.truncated.extend(truncated)
+    encoded = encode_for_generation(model, tokenizer, prompts, chat, max_new_tokens, system=system, stats=stats)
 
     config = generation_config(model, tokenizer, max_new_tokens, do_sample=do_sample, temperature=temperature,
                                top_p=top_p)

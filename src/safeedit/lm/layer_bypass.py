@@ -31,6 +31,27 @@ def layer_returns_tuple(layer: nn.Module, run_once: Callable[[], object]) -> boo
 
 
 @contextmanager
+def capturing_layer_input(layers: nn.ModuleList, layer: int) -> Iterator[dict]:
+    """Inside: each forward stores layer ``layer``'s input in ``seen["input"]`` (detached) and
+    whether the decoder layers return tuples in ``seen["tuple"]``."""
+    seen: dict = {}
+
+    def grab_input(_module, args, kwargs):
+        seen["input"] = kwargs.get("hidden_states", args[0] if args else None).detach()
+
+    def grab_type(_module, _args, output):
+        seen["tuple"] = isinstance(output, tuple)
+
+    handles = [layers[layer].register_forward_pre_hook(grab_input, with_kwargs=True),
+               layers[0].register_forward_hook(grab_type)]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
 def run_from_layer(layers: nn.ModuleList, layer: int, feed: Callable[[], torch.Tensor],
                    returns_tuple: bool) -> Iterator[None]:
     """Layers ``< layer`` pass their input through; layer ``layer`` receives ``feed()`` as its input."""

@@ -35,12 +35,10 @@ from safeedit.lm.arch import resolve_architecture
 from safeedit.lm.chat import use_chat_template
 from safeedit.lm.generation import (
     GenerationStats,
-    context_window,
-    encode_prompts,
+    encode_for_generation,
     generate,
     generation_config,
     left_pad,
-    warn_truncated,
 )
 from safeedit.lm.layer_bypass import layer_returns_tuple, run_from_layer
 
@@ -80,15 +78,8 @@ def _positions(attention: torch.Tensor) -> torch.Tensor:
 
 
 def _encode(model, tokenizer, prompts, chat, max_new_tokens, stats):
-    max_prompt = context_window(model, tokenizer) - max_new_tokens
-    if max_prompt < 2:
-        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room in the model's window")
-    encoded, truncated = encode_prompts(tokenizer, prompts, chat, None, max_prompt)
-    if truncated:
-        warn_truncated(len(truncated), len(prompts), max_prompt, truncated)
-    if stats is not None:
-        stats.truncated.extend(truncated)
-    return encoded
+    # two tokens at least: the prefill keeps all but the last, which generate feeds
+    return encode_for_generation(model, tokenizer, prompts, chat, max_new_tokens, stats=stats, min_prompt=2)
 
 
 def _keep_one(model) -> dict:

@@ -40,6 +40,7 @@ from safeedit.data.schema import SafeEditInstance
 from safeedit.lm.arch import ArchitectureMap, resolve_architecture
 from safeedit.errors import ConfigError, DataError
 from safeedit.lm.generation import context_window
+from safeedit.lm.layer_bypass import capturing_layer_input
 from safeedit.lm.rowwise import RowWiseLinear, swap_module
 from safeedit.methods.base import Edit, EditError, GroupEdit, InstanceEdit, Method
 from safeedit.methods.locate import Location, locate_in_context, locate_reference
@@ -403,32 +404,18 @@ class _GroupRunner(FastRunner):
         self._cache_layer_inputs()
 
     def _cache_layer_inputs(self) -> None:
-        seen: dict[str, object] = {}
-
-        def grab_input(_module, args, kwargs):
-            seen["input"] = kwargs.get("hidden_states", args[0] if args else None).detach()
-
-        def grab_type(_module, _args, output):
-            seen["tuple"] = isinstance(output, tuple)
-
-        h1 = self.layers[self.layer].register_forward_pre_hook(grab_input, with_kwargs=True)
-        h2 = self.layers[0].register_forward_hook(grab_type)
-        try:
-            with torch.no_grad():
-                for b in range(len(self.batches)):
-                    if b in self._known:  # right-pad the known rows; no forward, no initial logits needed
-                        rows = self._known[b]
-                        padded = rows[0].new_zeros((len(rows), self._padded[b].shape[1], rows[0].shape[-1]))
-                        for i, x in enumerate(rows):
-                            padded[i, :x.shape[0]] = x
-                        self._initial_logits.append([])
-                        self._layer_inputs.append(padded)
-                        continue
-                    self._initial_logits.append(self._batch_forward(b))
-                    self._layer_inputs.append(seen["input"])
-        finally:
-            h1.remove()
-            h2.remove()
+        with capturing_layer_input(self.layers, self.layer) as seen, torch.no_grad():
+            for b in range(len(self.batches)):
+                if b in self._known:  # right-pad the known rows; no forward, no initial logits needed
+                    rows = self._known[b]
+                    padded = rows[0].new_zeros((len(rows), self._padded[b].shape[1], rows[0].shape[-1]))
+                    for i, x in enumerate(rows):
+                        padded[i, :x.shape[0]] = x
+                    self._initial_logits.append([])
+                    self._layer_inputs.append(padded)
+                    continue
+                self._initial_logits.append(self._batch_forward(b))
+                self._layer_inputs.append(seen["input"])
         self._returns_tuple = bool(seen.get("tuple"))
 
     def _batch_forward(self, b: int) -> list[torch.Tensor]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from safeedit.lm.arch import ArchitectureMap
 from safeedit.lm.chat import adds_special_tokens, format_prompt
-from safeedit.lm.layer_bypass import run_from_layer
+from safeedit.lm.layer_bypass import capturing_layer_input, run_from_layer
 from safeedit.methods.base import EditError
 
 
@@ -115,27 +115,12 @@ class FastRunner(NaiveRunner):
 
     def _cache_layer_inputs(self) -> None:
         """One no-grad pass per sequence: the hidden states entering layer L never change."""
-        seen: dict[str, object] = {}
-
-        def grab_input(_module, args, kwargs):
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            seen["input"] = hidden.detach()
-
-        def grab_type(_module, _args, output):
-            seen["tuple"] = isinstance(output, tuple)
-
-        h1 = self.layers[self.layer].register_forward_pre_hook(grab_input, with_kwargs=True)
-        h2 = self.layers[0].register_forward_hook(grab_type)
-        try:
-            with torch.no_grad():
-                for i in range(len(self.sequences)):
-                    logits = self.model(input_ids=self._ids(i), use_cache=False, **self._keep_kwargs(i)).logits[0]
-                    self._layer_inputs.append(seen["input"])
-                    if self._initial_logits is not None:
-                        self._initial_logits.append(logits[-(self.sequences[i].n_target + 1):-1])
-        finally:
-            h1.remove()
-            h2.remove()
+        with capturing_layer_input(self.layers, self.layer) as seen, torch.no_grad():
+            for i in range(len(self.sequences)):
+                logits = self.model(input_ids=self._ids(i), use_cache=False, **self._keep_kwargs(i)).logits[0]
+                self._layer_inputs.append(seen["input"])
+                if self._initial_logits is not None:
+                    self._initial_logits.append(logits[-(self.sequences[i].n_target + 1):-1])
         self._returns_tuple = bool(seen.get("tuple"))
 
     def __enter__(self):
