@@ -182,6 +182,31 @@ def test_cli_sequential_edit_saves_a_loadable_model(tmp_path, capsys):
                  "--sequential", "--steps", "1", "--out", str(out)]) == 2  # refuses a non-empty folder
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "gpt_neox"])
+def test_location_prefills_the_prompt_once_and_equals_two_full_passes(family):
+    """The shared-prompt location (one prompt prefill, each response from a copy of its cache) gives
+    the distances and the toxic layer's input of two independent full passes over prompt + response."""
+    from safeedit.methods.locate import _layer_outputs, locate_in_context
+
+    model = tiny_model(family, seed=5)
+    arch = resolve_architecture(model)
+    prompt, safe, unsafe = [5, 6, 7, 8, 9, 10, 11], [20, 21, 22], [90, 91, 92, 93, 94]
+    full = []
+    for response in (safe, unsafe):
+        ids = torch.tensor([prompt + response])
+        full.append(_layer_outputs(model, arch, ids, torch.ones_like(ids)))
+    expected = [float(torch.linalg.vector_norm(a[0, len(prompt):].mean(0) - b[0, len(prompt):].mean(0)))
+                for a, b in zip(*full)]
+    location = locate_in_context(model, arch, prompt, safe, unsafe)
+    assert location.distances == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert location.layer == max(range(len(expected)), key=expected.__getitem__)
+    # the toxic layer's input over prompt + safe response (what a grouped edit reuses) is the full pass's
+    if location.layer >= 1:
+        torch.testing.assert_close(location.safe_layer_input, full[0][location.layer - 1], rtol=1e-4, atol=1e-5)
+    else:
+        assert location.safe_layer_input is None
+
+
 @pytest.mark.parametrize("toxic", [0, 1, 2])
 def test_location_finds_the_only_layer_that_separates_the_responses(toxic):
     """Constructed case: attention outputs and every FFN but one write nothing to the residual
@@ -200,3 +225,9 @@ def test_location_finds_the_only_layer_that_separates_the_responses(toxic):
     assert location.layer == toxic
     assert all(d[j] < d[toxic] for j in range(toxic))
     assert all(d[j] == pytest.approx(d[toxic], rel=1e-6) for j in range(toxic, 3))
+    if toxic >= 1:  # layer toxic-1's output over prompt + safe response, as one full pass computes it
+        from safeedit.methods.locate import _layer_outputs
+
+        ids = torch.tensor([[5, 6, 7, 8, 10, 11, 12]])
+        full = _layer_outputs(model, arch, ids, torch.ones_like(ids))
+        torch.testing.assert_close(location.safe_layer_input, full[toxic - 1], rtol=1e-5, atol=1e-5)

@@ -90,7 +90,10 @@ def test_located_group_reuses_the_location_pass_and_equals_single_edits():
     for k, inst in enumerate(same):
         single = tiny_model("llama")
         edit = DINM(**opts).edit(single, tok, [inst])
-        assert torch.allclose(group.weights[k], single.get_parameter(edit.changed[0]), atol=1e-6)
+        # the group trains from location's inputs of layer L (prompt prefilled once, responses from its
+        # cache), the single edit from its own full pass: equal up to rounding, which Adam's normalised
+        # first steps lift to ~1e-5 of a 2e-2 change
+        assert torch.allclose(group.weights[k], single.get_parameter(edit.changed[0]), atol=3e-5)
         assert group.instances[k].details["distances"] == pytest.approx(edit.instances[0].details["distances"])
 
 

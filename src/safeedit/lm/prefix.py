@@ -33,6 +33,7 @@ import torch
 from safeedit.errors import ConfigError
 from safeedit.lm.arch import resolve_architecture
 from safeedit.lm.chat import use_chat_template
+from safeedit.lm.forward_args import cache_arg, keep_last_logits
 from safeedit.lm.generation import (
     GenerationStats,
     encode_for_generation,
@@ -65,13 +66,6 @@ def supports_prefix_reuse(model) -> bool:
     return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _cache_arg(model) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); use whichever this version takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _positions(attention: torch.Tensor) -> torch.Tensor:
     # as transformers' generate derives them: a token's position counts only real tokens before it
     return (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
@@ -80,13 +74,6 @@ def _positions(attention: torch.Tensor) -> torch.Tensor:
 def _encode(model, tokenizer, prompts, chat, max_new_tokens, stats):
     # two tokens at least: the prefill keeps all but the last, which generate feeds
     return encode_for_generation(model, tokenizer, prompts, chat, max_new_tokens, stats=stats, min_prompt=2)
-
-
-def _keep_one(model) -> dict:
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return next(({k: 1} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})
 
 
 def _decode_new(tokenizer, output, width, batch, answers, stats, pad_id):
@@ -132,8 +119,8 @@ def generate_capturing_prefix(model, tokenizer, prompts: list[str], *, layer: in
             handle = layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
             try:  # prefill all but the last token; generate feeds that one and decodes
                 model(input_ids=ids[:, :-1], attention_mask=attention[:, :-1],
-                      position_ids=_positions(attention[:, :-1]), use_cache=True, **_keep_one(model),
-                      **{_cache_arg(model): cache})
+                      position_ids=_positions(attention[:, :-1]), use_cache=True, **keep_last_logits(model),
+                      **{cache_arg(model): cache})
             finally:
                 handle.remove()
             for row, index in enumerate(batch):
@@ -147,7 +134,7 @@ def generate_capturing_prefix(model, tokenizer, prompts: list[str], *, layer: in
                     values=[cache.layers[li].values[row, :, lo:].clone() for li in range(layer)],
                     hidden=seen["hidden"][row, lo:].clone())
             output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
-                                    **{_cache_arg(model): cache})
+                                    **{cache_arg(model): cache})
             _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
     return answers, states  # type: ignore[return-value]
 
@@ -219,13 +206,13 @@ def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[Pref
                 hidden = _gather([states[i].hidden for i in batch], first, cached)
                 with run_from_layer(layers, layer, lambda: hidden, returns_tuple):
                     model(input_ids=ids[:, :cached], attention_mask=attention[:, :cached],
-                          position_ids=_positions(attention[:, :cached]), use_cache=True, **_keep_one(model),
-                          **{_cache_arg(model): cache})
+                          position_ids=_positions(attention[:, :cached]), use_cache=True, **keep_last_logits(model),
+                          **{cache_arg(model): cache})
                 for li in range(layer):  # layers below the edit: the unedited keys/values
                     cache.layers[li].update(_gather([states[i].keys[li] for i in batch], first, cached, dim=1),
                                             _gather([states[i].values[li] for i in batch], first, cached, dim=1))
                 output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
-                                        **{_cache_arg(model): cache})
+                                        **{cache_arg(model): cache})
             _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
     return answers
 

@@ -27,7 +27,6 @@ Reference behaviour (EasyEdit) that we correct, each reproducible with a flag (a
 
 from __future__ import annotations
 
-import inspect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 
 from safeedit.data.schema import SafeEditInstance
 from safeedit.lm.arch import ArchitectureMap, resolve_architecture
+from safeedit.lm.forward_args import logits_to_keep_arg
 from safeedit.errors import ConfigError, DataError
 from safeedit.lm.generation import context_window
 from safeedit.lm.layer_bypass import capturing_layer_input
@@ -387,8 +387,7 @@ class _GroupRunner(FastRunner):
         self.batches = batches
         self._handles: list = []
         self._active_input: torch.Tensor | None = None
-        params = inspect.signature(model.forward).parameters
-        self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self._keep_arg = logits_to_keep_arg(model)
         self._padded: list[torch.Tensor] = []
         self._first: list[int] = []
         for seqs in batches:

@@ -16,12 +16,12 @@ Reference-compatible procedure (``without_context=True``)
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
 
 from safeedit.lm.arch import ArchitectureMap
+from safeedit.lm.forward_args import cache_arg, keep_last_logits
 from safeedit.lm.generation import left_pad
 
 
@@ -42,8 +42,12 @@ class Location:
         return "\n".join(lines)
 
 
-def _layer_outputs(model, arch: ArchitectureMap, input_ids: torch.Tensor, attention: torch.Tensor) -> list[torch.Tensor]:
-    """Every decoder layer's output hidden states, captured with forward hooks."""
+def _layer_outputs(model, arch: ArchitectureMap, input_ids: torch.Tensor, attention: torch.Tensor,
+                   cache=None, position_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Every decoder layer's output hidden states over ``input_ids``, captured with forward hooks.
+
+    With ``cache`` (a transformers cache already holding the tokens before ``input_ids``) the pass
+    continues from it and fills it; ``attention`` then spans cached + new tokens."""
     captured: list[torch.Tensor] = []
 
     def grab(_module, _args, output):
@@ -52,11 +56,13 @@ def _layer_outputs(model, arch: ArchitectureMap, input_ids: torch.Tensor, attent
     handles = [layer.register_forward_hook(grab) for layer in arch.decoder_layers(model)]
     # only the hidden states are read: skip the [tokens x vocab] logits (about 200 MB for two
     # 500-token sequences of a 49k vocabulary), the largest tensor of the pass
-    params = inspect.signature(model.forward).parameters
-    keep = next(({k: 1} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})
+    keep = keep_last_logits(model)
+    if cache is not None:
+        keep[cache_arg(model)] = cache
+        keep["position_ids"] = position_ids
     try:
         with torch.no_grad():
-            model(input_ids=input_ids, attention_mask=attention, use_cache=False, **keep)
+            model(input_ids=input_ids, attention_mask=attention, use_cache=cache is not None, **keep)
     finally:
         for h in handles:
             h.remove()
@@ -66,18 +72,38 @@ def _layer_outputs(model, arch: ArchitectureMap, input_ids: torch.Tensor, attent
 def locate_in_context(
     model, arch: ArchitectureMap, prompt_ids: list[int], safe_ids: list[int], unsafe_ids: list[int]
 ) -> Location:
-    """Corrected location: responses in context, mean over response tokens, L2 per layer."""
+    """Corrected location: responses in context, mean over response tokens, L2 per layer.
+
+    The two sequences share the prompt, which is most of their tokens at SafeEdit's long jailbreak
+    inputs: it is prefilled once, and each response continues from its own copy of that cache
+    (equal to two full passes up to float rounding; a test checks it)."""
+    import copy
+
+    from transformers import DynamicCache
+
     device = next(model.parameters()).device
+    n = len(prompt_ids)
+    cache = DynamicCache(config=model.config)
+    prompt_outputs = None
+    if n:
+        ids = torch.tensor([prompt_ids], device=device)
+        prompt_outputs = _layer_outputs(model, arch, ids, torch.ones_like(ids), cache=cache,
+                                        position_ids=torch.arange(n, device=device)[None])
     pooled, safe_outputs = [], None
-    for response in (safe_ids, unsafe_ids):
-        ids = torch.tensor([prompt_ids + response], device=device)
-        outputs = _layer_outputs(model, arch, ids, torch.ones_like(ids))
-        pooled.append([h[0, len(prompt_ids):].float().mean(dim=0) for h in outputs])
+    for response, own_cache in ((safe_ids, copy.deepcopy(cache)), (unsafe_ids, cache)):
+        ids = torch.tensor([response], device=device)
+        outputs = _layer_outputs(model, arch, ids, torch.ones((1, n + len(response)), dtype=torch.long, device=device),
+                                 cache=own_cache, position_ids=torch.arange(n, n + len(response), device=device)[None])
+        pooled.append([h[0].float().mean(dim=0) for h in outputs])
         safe_outputs = outputs if safe_outputs is None else safe_outputs
+    del cache
     distances = [float(torch.linalg.vector_norm(a - b)) for a, b in zip(*pooled)]
     layer = int(torch.tensor(distances).argmax())
-    # decoder layer i-1's output is layer i's input
-    return Location(layer=layer, distances=distances, safe_layer_input=safe_outputs[layer - 1] if layer >= 1 else None)
+    safe_input = None
+    if layer >= 1:  # decoder layer i-1's output is layer i's input, over prompt + safe response
+        parts = ([prompt_outputs[layer - 1]] if prompt_outputs is not None else []) + [safe_outputs[layer - 1]]
+        safe_input = torch.cat(parts, dim=1)
+    return Location(layer=layer, distances=distances, safe_layer_input=safe_input)
 
 
 def locate_reference(model, safe_ids: list[int], unsafe_ids: list[int], pad_id: int) -> Location:

@@ -14,7 +14,6 @@ with respect to ``ΔW`` (MEND's meta-training) without touching the model's own 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from safeedit.lm.arch import ArchitectureMap
 from safeedit.lm.chat import adds_special_tokens, format_prompt
+from safeedit.lm.forward_args import logits_to_keep_arg
 from safeedit.lm.layer_bypass import capturing_layer_input, run_from_layer
 from safeedit.methods.base import EditError
 
@@ -109,8 +109,7 @@ class FastRunner(NaiveRunner):
         self._returns_tuple = False
         self._handles: list = []
         self._active_input: torch.Tensor | None = None
-        params = inspect.signature(model.forward).parameters
-        self._keep_arg = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self._keep_arg = logits_to_keep_arg(model)
         self._cache_layer_inputs()
 
     def _cache_layer_inputs(self) -> None:
