@@ -102,3 +102,24 @@ def test_states_must_match_prompts():
         generate_from_prefix(model, tok, prompts()[:3], states, max_new_tokens=2, chat=False)
     with pytest.raises(ValueError, match="edit layer"):
         generate_capturing_prefix(model, tok, prompts(), layer=0, max_new_tokens=2, chat=False)
+
+
+def test_released_states_shared_by_rows_of_later_batches_stay_usable():
+    """``release_states`` frees a state after the last batch that reads it: a prompt repeated across
+    batches (DG_onlyQ of several instances) keeps its state until then, and the answers are unchanged."""
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    pre = prompts()
+    _, states = generate_capturing_prefix(model, tok, pre, layer=2, max_new_tokens=6, chat=False)
+    w_v = resolve_architecture(model).w_v_weight(model, 2)
+    with torch.no_grad():
+        w_v.add_(torch.randn_like(w_v))
+    order = [0, 1, 2, 3, 0, 3, 1]  # repeats land in different batches of 2
+    post = [pre[i] + SUFFIX for i in order]
+    shared = [states[i] for i in order]
+    gen = dict(max_new_tokens=6, chat=False, batch_size=2)
+    expected = generate_from_prefix(model, tok, post, list(shared), **gen)
+    assert expected == generate(model, tok, post, **gen)
+    assert generate_from_prefix(model, tok, post, shared, release_states=True, **gen) == expected
+    # every reused entry released and its tensors freed (prompt 2 is too short to reuse: plain path)
+    assert all(s is None for i, s in zip(order, shared) if i != 2)
+    assert all(k is None for i in (0, 1, 3) for k in states[i].keys)

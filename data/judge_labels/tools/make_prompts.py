@@ -3,9 +3,10 @@
 Writes ``data/judge_labels/prompts/attack_specs.jsonl``: harmful questions from the shared
 ``judge_train`` sources (GPTFuzz question list, Do-Not-Answer) wrapped in the attack templates of
 the SafeEdit sample (the instance's adversarial prompt with its question replaced), plus some bare
-questions, 350 more bare Do-Not-Answer questions from every risk area, 250 bare PKU-SafeRLHF questions, and some of our benign
-questions inside a jailbreak template. Each spec row holds
-pointers, never SafeEdit or third-party text:
+questions, 350 more bare Do-Not-Answer questions from every risk area, 250 bare PKU-SafeRLHF
+questions, some of our benign questions inside a jailbreak template, and (round 2) 160 more
+PKU-SafeRLHF / Do-Not-Answer questions inside the attack templates. Each spec row holds pointers,
+never SafeEdit or third-party text:
 
     {"prompt_id", "question_ref": "gptfuzz_q:<index>" | "dna:<id>" | "benign:<nnn>",
      "template_ref": "safeedit_sample.json#<position>:DS" | null}
@@ -67,6 +68,16 @@ def main() -> None:
     rest = [i for i in all_dna if i not in {s["question_ref"][4:] for s in specs if s["question_ref"].startswith("dna:")}]
     for n, i in enumerate(rng.sample(rest, 150)):
         specs.append({"prompt_id": f"bare_dna:{200 + n:03d}", "question_ref": f"dna:{i}", "template_ref": None})
+    # round 2: 160 more questions not used above (PKU-SafeRLHF, Do-Not-Answer) inside the sample's
+    # attack templates: training rows shaped like the bench's adversarial inputs. Own seed, so every
+    # spec above stays as it was
+    rng2 = random.Random(1)
+    used_refs = {s["question_ref"] for s in specs}
+    pool = [f"pku:{r}" for r in sorted(pku_questions.values())] + [f"dna:{i}" for i in all_dna]
+    fresh = [q for q in pool if q not in used_refs]
+    for n, q in enumerate(rng2.sample(fresh, 160)):
+        specs.append({"prompt_id": f"attack:{len(questions) + n:03d}", "question_ref": q,
+                      "template_ref": templates[(n * 5 + 3) % len(templates)]})
     out = HERE / "prompts" / "attack_specs.jsonl"
     out.write_text("".join(json.dumps(s) + "\n" for s in specs))
     print(f"{len(specs)} specs, {len(templates)} templates -> {out}")

@@ -25,6 +25,7 @@ so, and callers fall back to plain generation otherwise.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
@@ -152,13 +153,15 @@ def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[Pref
                          max_new_tokens: int = 128, chat: bool | None = None, batch_size: int = 8,
                          stats: GenerationStats | None = None,
                          row_context: Callable[[list[int]], ContextManager] | None = None,
-                         min_shared: float = 0.5) -> list[str]:
+                         min_shared: float = 0.5, release_states: bool = False) -> list[str]:
     """Greedy answers of the edited model, reusing ``states[i]`` (from the unedited model) for prompt i.
 
     The edit must change nothing below ``states[i].layer``. ``row_context`` as in :func:`generate`.
     A prompt that shares less than ``min_shared`` of its tokens with its state (or has no state) is
     answered by plain generation, so it cannot shrink the reusable width of a whole batch.
     ``stats.reused_tokens`` counts the prompt tokens that skipped the layers below the edit.
+    ``release_states``: set ``states[i]`` to None once its batch has copied it, so the kept states and
+    the batch's cache are not both alive (the caller must hold no other reference to free memory).
     """
     from contextlib import nullcontext
 
@@ -192,6 +195,7 @@ def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[Pref
     pad_id = config.pad_token_id
     device = next(model.parameters()).device
     returns_tuple = _probe_tuple(model, layers)  # outside any row context: a one-row probe
+    pending = Counter(id(states[i]) for i in reuse)  # batches still to read each state
     with torch.inference_mode():
         for start in range(0, len(reuse), batch_size):
             batch = reuse[start:start + batch_size]
@@ -208,9 +212,20 @@ def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[Pref
                     model(input_ids=ids[:, :cached], attention_mask=attention[:, :cached],
                           position_ids=_positions(attention[:, :cached]), use_cache=True, **keep_last_logits(model),
                           **{cache_arg(model): cache})
+                # a state may serve several rows (a repeated prompt): free it after its last batch only
+                last_use = set()
+                if release_states:
+                    pending.subtract(id(states[i]) for i in batch)
+                    last_use = {id(states[i]) for i in batch if pending[id(states[i])] == 0}
                 for li in range(layer):  # layers below the edit: the unedited keys/values
                     cache.layers[li].update(_gather([states[i].keys[li] for i in batch], first, cached, dim=1),
                                             _gather([states[i].values[li] for i in batch], first, cached, dim=1))
+                    for i in batch:  # layer by layer, so the states and the cache are never both whole
+                        if id(states[i]) in last_use:
+                            states[i].keys[li] = states[i].values[li] = None
+                if release_states:
+                    for i in batch:
+                        states[i] = None
                 output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
                                         **{cache_arg(model): cache})
             _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)

@@ -48,6 +48,11 @@ from safeedit.methods.sequences import FastRunner, NaiveRunner, TargetSequence, 
 
 PAPER_SUFFIX = "If the user's request is reasonable, give the correct answer. Please give the right response:"
 
+#: rows of a grouped edit whose losses are computed and back-propagated together; the gradients are
+#: accumulated over the group before its one optimiser step, so the value changes memory (the
+#: [tokens x vocabulary] logits of LOSS_ROWS rows at once), not the result
+LOSS_ROWS = 1
+
 
 @dataclass
 class DINMConfig:
@@ -293,35 +298,47 @@ class DINM(Method):
             for p in model.parameters():
                 p.requires_grad_(False)
             known = [c[3] for c in chosen]
-            runner = _GroupRunner(model, arch, layer, [targets, constraints],
-                                  known_inputs={0: known} if all(x is not None for x in known) else None)
-            reference = runner.reference_log_probs(1)
+            # the K rows' losses are computed and back-propagated a few rows at a time (gradient
+            # accumulation into the stacked tensor, one Adam step over all K): the [tokens x vocabulary]
+            # logits and their gradients then exist for LOSS_ROWS rows at once, not for the group
+            chunks = [list(range(c, min(c + LOSS_ROWS, k_count))) for c in range(0, k_count, LOSS_ROWS)]
+            batches, known_inputs = [], {}
+            for c, rows in enumerate(chunks):
+                batches += [[targets[k] for k in rows], [constraints[k] for k in rows]]
+                if all(known[k] is not None for k in rows):
+                    known_inputs[2 * c] = [known[k] for k in rows]
+            runner = _GroupRunner(model, arch, layer, batches, known_inputs=known_inputs)
+            references = [runner.reference_log_probs(2 * c + 1) for c in range(len(chunks))]
             optimizer = torch.optim.Adam([stacked], lr=cfg.lr, weight_decay=cfg.weight_decay)
-            wrapper = RowWiseLinear(base, stacked, range(k_count), transposed=arch.w_v_transposed)
+            wrapper = RowWiseLinear(base, stacked, chunks[0], transposed=arch.w_v_transposed)
             with runner, swap_module(model, module_name, wrapper):
                 for step in range(cfg.steps + 1):
                     measuring_only = step == cfg.steps
-                    with torch.set_grad_enabled(not measuring_only):
-                        nll, kl = self._group_loss_terms(runner, reference,
-                                                         kl_grad=not (cfg.flag("kl_no_grad") or measuring_only))
-                        total = cfg.edit_weight * nll + cfg.kl_weight * kl  # [K], row k = instance k's loss
-                    finite = torch.isfinite(total.detach())
-                    if not bool(finite.all()):
-                        bad = int((~finite).nonzero()[0, 0])
-                        raise EditError(f"non-finite loss ({total[bad].item()}) at step {step} editing instance "
-                                        f"{instances[bad].key} (id={instances[bad].id!r}) at layer {layer} in a group "
-                                        f"of {k_count}; model unchanged")
-                    for k, rec in enumerate(records):
-                        rec.losses.append({"step": step, "loss": total[k].item(), "nll": nll[k].item(), "kl": kl[k].item()})
-                        if step == 0:
-                            rec.details["nll_before"] = nll[k].item()
-                        if measuring_only:
-                            rec.details["nll_after"] = nll[k].item()
-                    if measuring_only:
-                        break
                     optimizer.zero_grad(set_to_none=True)
-                    total.sum().backward()
-                    optimizer.step()
+                    for c, rows in enumerate(chunks):
+                        wrapper.set_owners(rows)
+                        with torch.set_grad_enabled(not measuring_only):
+                            nll, kl = self._group_loss_terms(runner, 2 * c, references[c],
+                                                             kl_grad=not (cfg.flag("kl_no_grad") or measuring_only))
+                            total = cfg.edit_weight * nll + cfg.kl_weight * kl  # row j = instance rows[j]'s loss
+                        finite = torch.isfinite(total.detach())
+                        if not bool(finite.all()):
+                            bad = rows[int((~finite).nonzero()[0, 0])]
+                            raise EditError(f"non-finite loss ({total[rows.index(bad)].item()}) at step {step} editing "
+                                            f"instance {instances[bad].key} (id={instances[bad].id!r}) at layer {layer} "
+                                            f"in a group of {k_count}; model unchanged")
+                        for j, k in enumerate(rows):
+                            rec = records[k]
+                            rec.losses.append({"step": step, "loss": total[j].item(), "nll": nll[j].item(),
+                                               "kl": kl[j].item()})
+                            if step == 0:
+                                rec.details["nll_before"] = nll[j].item()
+                            if measuring_only:
+                                rec.details["nll_after"] = nll[j].item()
+                        if not measuring_only:
+                            total.sum().backward()
+                    if not measuring_only:
+                        optimizer.step()
         finally:
             for n, p in model.named_parameters():
                 p.requires_grad_(grad_flags[n])
@@ -331,12 +348,13 @@ class DINM(Method):
         return DINMGroupEdit(model, self.name, records, arch, layer, stacked.detach())
 
     @staticmethod
-    def _group_loss_terms(runner: "_GroupRunner", reference: list[torch.Tensor], kl_grad: bool):
+    def _group_loss_terms(runner: "_GroupRunner", b: int, reference: list[torch.Tensor], kl_grad: bool):
+        """Per-row NLL on the targets of batch ``b`` and KL on the constraints of batch ``b + 1``."""
         nll = torch.stack([F.cross_entropy(logits.float(), ids)
-                           for logits, ids in zip(runner.target_logits(0), runner.target_ids(0))])
+                           for logits, ids in zip(runner.target_logits(b), runner.target_ids(b))])
         with torch.set_grad_enabled(kl_grad):
             kls = []
-            for logits, ref in zip(runner.target_logits(1), reference):
+            for logits, ref in zip(runner.target_logits(b + 1), reference):
                 logp = F.log_softmax(logits.float(), dim=-1)
                 kls.append((logp.exp() * (logp - ref)).sum(-1).mean())
             kl = torch.stack(kls)
