@@ -35,6 +35,13 @@ RECIPES = {
     "pool2000+labels+calib,2ep": ("same, 2 epochs", dict(LAB, max_train=2000, epochs=2.0)),
     "pool2000+labels+calib,prompt": ("same, reads prompt + response", dict(LAB, max_train=2000, with_prompt=True)),
     "pool2800+labels+calib": ("2,800 pool rows + our labelled rows x2", dict(LAB, max_train=2800)),
+    "pool2000+labels": ("2,000 pool rows + our labelled rows x2, argmax", dict(labels_path="default", max_train=2000)),
+    "pool1500+labels,x1": ("1,500 pool rows + our labelled rows once, argmax (fewer steps: make-demo budget)",
+                           dict(labels_path="default", max_train=1500, labels_repeats=1)),
+    "pool2000+labels,2ep": ("2,000 pool rows + our labelled rows x2, 2 epochs, argmax",
+                            dict(labels_path="default", max_train=2000, epochs=2.0)),
+    "pool2000+labels,prompt": ("2,000 pool rows + our labelled rows x2, reads prompt + response, argmax",
+                               dict(labels_path="default", max_train=2000, with_prompt=True)),
 }
 
 

@@ -189,14 +189,40 @@ def test_grouped_bench_with_prefix_reuse_equals_the_plain_grouped_run(tiny_setup
     # pre-edit answers are generated in the groups (the only case with a prefix to reuse)
     extra = ["--kqa-n", "0", "--csum-n", "0", "--set", "layer=2", "--set", "suffix=w5 w6 w7", "--limit", "6",
              "--group-size", "3"]
+    import safeedit.bench.runner as runner
+
     rows = {}
-    for name, flag in (("plain", "--no-prefix-reuse"), ("reuse", "--prefix-reuse")):
+    # "waves": at most 4 post-edit rows per decode batch, so an instance's rows and a repeated
+    # pre-edit prompt fall in different waves (an answered prompt then has no state: plain path)
+    for name, flag, wave in (("plain", "--no-prefix-reuse", None), ("reuse", "--prefix-reuse", None),
+                             ("waves", "--prefix-reuse", 4)):
         os.environ["SAFEEDIT_CACHE"] = str(tiny_setup["tmp"] / f"cache-{name}")
         if name == "reuse":  # the unedited answers of the first 2 instances cached: a group mixes both paths
             warm = ["--kqa-n", "0", "--csum-n", "0", "--limit", "2"]
             assert main(bench_args(tiny_setup, tiny_setup["tmp"] / "warm", method="none", extra=warm)) == 0
-        assert main(bench_args(tiny_setup, tiny_setup["tmp"] / name, extra=[*extra, flag])) == 0
+        default_wave = runner.REUSE_DECODE_ROWS
+        runner.REUSE_DECODE_ROWS = wave or default_wave
+        try:
+            assert main(bench_args(tiny_setup, tiny_setup["tmp"] / name, extra=[*extra, flag])) == 0
+        finally:
+            runner.REUSE_DECODE_ROWS = default_wave
         rows[name] = _rows(tiny_setup["tmp"] / name)
         assert len(rows[name]) == 6
     assert [_content(r) for r in rows["reuse"]] == [_content(r) for r in rows["plain"]]
+    assert [_content(r) for r in rows["waves"]] == [_content(r) for r in rows["plain"]]
     assert any(r["post"]["DS"]["response"] != r["pre"]["DS"]["response"] for r in rows["reuse"])
+
+
+def test_loss_rows_change_memory_not_the_result():
+    """Back-propagating the group's losses one instance at a time (the CPU default) or all together
+    (the accelerator default) accumulates the same gradients before the one optimiser step."""
+    tok, insts = tiny_tokenizer(), [tiny_instance(s, s) for s in range(3)]
+    opts = dict(suffix=None, lr=1e-2, steps=3, layer=2)
+    one = DINM(**opts).group_edit(tiny_model("llama"), tok, insts, loss_rows=1)
+    together = DINM(**opts).group_edit(tiny_model("llama"), tok, insts, loss_rows=3)
+    pairs = DINM(**opts).group_edit(tiny_model("llama"), tok, insts, loss_rows=2)
+    for other in (together, pairs):
+        assert torch.allclose(one.weights, other.weights, atol=3e-5)
+        assert [r.losses[0]["loss"] for r in one.instances] == pytest.approx([r.losses[0]["loss"] for r in other.instances])
+    with pytest.raises(EditError, match="loss_rows"):
+        DINM(**opts).group_edit(tiny_model("llama"), tok, insts, loss_rows=0)

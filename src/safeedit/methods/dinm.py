@@ -48,11 +48,6 @@ from safeedit.methods.sequences import FastRunner, NaiveRunner, TargetSequence, 
 
 PAPER_SUFFIX = "If the user's request is reasonable, give the correct answer. Please give the right response:"
 
-#: rows of a grouped edit whose losses are computed and back-propagated together; the gradients are
-#: accumulated over the group before its one optimiser step, so the value changes memory (the
-#: [tokens x vocabulary] logits of LOSS_ROWS rows at once), not the result
-LOSS_ROWS = 1
-
 
 @dataclass
 class DINMConfig:
@@ -253,7 +248,7 @@ class DINM(Method):
         return self._planned[instance.key][0]
 
     def group_edit(self, model, tokenizer, instances: Sequence[SafeEditInstance], *,
-                   chat: bool | None = None) -> "DINMGroupEdit":
+                   chat: bool | None = None, loss_rows: int | None = None) -> "DINMGroupEdit":
         """Edit K instances with the same toxic layer L independently and simultaneously.
 
         K copies of W_V are stacked into one trainable ``[K, ...]`` tensor that stands in for layer
@@ -264,6 +259,12 @@ class DINM(Method):
         exactly the trajectory of ``edit(model, tok, [instance_k])`` (up to float summation order).
         Sequences are right-padded: causal attention never lets a real token see the padding, and
         positions stay those of the unpadded sequence. The model's tensors are never written.
+
+        ``loss_rows``: instances whose losses are computed and back-propagated together; the gradients
+        are accumulated over the group before its one optimiser step, so it changes memory and speed,
+        not the result. None: 1 on a CPU (the [tokens x vocabulary] logits of one instance alive at a
+        time; a CPU gains nothing from a bigger batch there), the whole group on an accelerator (one
+        batched pass per step is about 3x faster on an H200, benchmarks/gpu_check.sh).
         """
         instances = list(instances)
         if not instances:
@@ -298,10 +299,13 @@ class DINM(Method):
             for p in model.parameters():
                 p.requires_grad_(False)
             known = [c[3] for c in chosen]
-            # the K rows' losses are computed and back-propagated a few rows at a time (gradient
-            # accumulation into the stacked tensor, one Adam step over all K): the [tokens x vocabulary]
-            # logits and their gradients then exist for LOSS_ROWS rows at once, not for the group
-            chunks = [list(range(c, min(c + LOSS_ROWS, k_count))) for c in range(0, k_count, LOSS_ROWS)]
+            # the K rows' losses are computed and back-propagated loss_rows rows at a time (gradient
+            # accumulation into the stacked tensor, one Adam step over all K)
+            if loss_rows is None:
+                loss_rows = 1 if base.weight.device.type == "cpu" else k_count
+            if loss_rows < 1:
+                raise EditError(f"loss_rows must be >= 1, got {loss_rows}")
+            chunks = [list(range(c, min(c + loss_rows, k_count))) for c in range(0, k_count, loss_rows)]
             batches, known_inputs = [], {}
             for c, rows in enumerate(chunks):
                 batches += [[targets[k] for k in rows], [constraints[k] for k in rows]]
