@@ -38,6 +38,8 @@ RECIPES = {
     "pool2000+labels": ("2,000 pool rows + our labelled rows x2, argmax", dict(labels_path="default", max_train=2000)),
     "pool1500+labels,x1": ("1,500 pool rows + our labelled rows once, argmax (fewer steps: make-demo budget)",
                            dict(labels_path="default", max_train=1500, labels_repeats=1)),
+    "pool2000+labels,x1": ("2,000 pool rows + our labelled rows once, argmax",
+                           dict(labels_path="default", max_train=2000, labels_repeats=1)),
     "pool2000+labels,2ep": ("2,000 pool rows + our labelled rows x2, 2 epochs, argmax",
                             dict(labels_path="default", max_train=2000, epochs=2.0)),
     "pool2000+labels,prompt": ("2,000 pool rows + our labelled rows x2, reads prompt + response, argmax",
@@ -112,6 +114,15 @@ def cmd_collect(args) -> None:
 
 HELD_OUT_COLUMNS = ["do_not_answer", "gptfuzz", "pku_saferlhf_mini", "jailjudge_mini", "jbb_artifacts_autojudge",
                     "diasafety", "safeedit_sample"]
+#: sources with at least this many held-out rows enter the "large sources" macro average: the held-out
+#: split also has 10-22-row sources (SafeEdit sample, its constraint answers, JailbreakEval's examples)
+#: whose balanced accuracy moves by 0.1-0.3 with one row
+LARGE_SOURCE_ROWS = 100
+
+
+def large_source_macro(held: dict) -> float:
+    scores = [s["balanced_accuracy"] for s in held["per_source"].values() if s["n"] >= LARGE_SOURCE_ROWS]
+    return sum(scores) / len(scores)
 
 
 def cmd_table(args) -> None:
@@ -119,7 +130,8 @@ def cmd_table(args) -> None:
     for path in args.results:
         results.update(json.loads(Path(path).read_text()))
     head = ("| recipe | what changes | val bal. acc | val recall unsafe / safe | val SafeEdit pre bal. acc | "
-            "val post-DINM bal. acc | held-out bal. acc (macro over sources) | " +
+            "val post-DINM bal. acc | held-out bal. acc (macro over sources) | held-out macro, sources >= 100 rows | "
+            "held-out bal. acc (all rows) | " +
             " | ".join(f"{c} bal. acc" for c in HELD_OUT_COLUMNS) + " | held-out recall unsafe: SafeEdit / JBB | train s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
@@ -133,7 +145,8 @@ def cmd_table(args) -> None:
         lines.append(
             f"| {name} | {RECIPES.get(name.split(' (')[0], ('',))[0] if '(argmax)' not in name else 'same model, argmax rule'} | {v['overall']['balanced_accuracy']:.3f} | "
             f"{v['overall']['recall']:.3f} / {v['overall']['recall_safe']:.3f} | {bal(vs, 'labels:safeedit_pre')} | "
-            f"{bal(vs, 'labels:safeedit_post_dinm')} | {h['macro_over_sources']['balanced_accuracy']:.3f} | " +
+            f"{bal(vs, 'labels:safeedit_post_dinm')} | {h['macro_over_sources']['balanced_accuracy']:.3f} | "
+            f"{large_source_macro(h):.3f} | {h['overall']['balanced_accuracy']:.3f} | " +
             " | ".join(bal(ps, c) for c in HELD_OUT_COLUMNS) +
             f" | {ps.get('safeedit_sample', {}).get('recall', float('nan')):.3f} / "
             f"{ps.get('jbb_artifacts_autojudge', {}).get('recall', float('nan')):.3f} | {r['train_s']:.0f} |")

@@ -4,10 +4,8 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from safeedit.errors import DataError, InputNotFoundError, RunFailedError
 from safeedit.methods import get_method
 from safeedit.methods.ext_sub import ext_sub_delta, ext_sub_deltas
 from tests.conftest import REPO, tiny_instance, tiny_model, tiny_tokenizer
-from tests.test_bench import make_tiny_judge, tiny_setup  # noqa: F401  (fixture)
+from tests.test_bench import kill_after_lines, make_tiny_judge, tiny_setup  # noqa: F401  (fixture)
 
 FAST = dict(max_steps=1, batch_size=2, max_length=96)
 
@@ -221,14 +219,7 @@ def test_kill_then_resume_does_not_retrain(tiny_setup):
     env = dict(os.environ, SAFEEDIT_CACHE=str(tiny_setup["tmp"] / "cache"))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / "results.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and results.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_lines(proc, results, 2)
     fit_before = (out / "fit.json").read_bytes()
     weights = out / "artifact" / "weights.safetensors"
     mtime = weights.stat().st_mtime_ns

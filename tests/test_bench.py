@@ -41,6 +41,18 @@ def bench_args(setup, out, method="dinm", extra=()):
             "--general-instances", "1", *(["--set", "steps=2", "--set", "suffix=null"] if method == "dinm" else []), *extra]
 
 
+def kill_after_lines(proc, path, lines: int, timeout: float = 300) -> None:
+    """SIGKILL ``proc`` as soon as ``path`` holds ``lines`` complete lines (fails if it finished first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and path.read_text().count("\n") >= lines:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_store_drops_a_line_cut_by_a_kill(tmp_path):
     path = tmp_path / "results.jsonl"
     store = ResultsStore(path)
@@ -104,14 +116,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tiny_setup):
     env = dict(os.environ, SAFEEDIT_CACHE=str(tiny_setup["tmp"] / "cache"))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / "results.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and results.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_lines(proc, results, 2)
     before = [json.loads(line)["key"] for line in results.read_text().splitlines() if line.strip().endswith("}")]
     assert 2 <= len(before) < 12
     subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

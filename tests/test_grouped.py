@@ -4,10 +4,8 @@ grouped bench runs resume by group; sharded runs merge into the single-process r
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -15,7 +13,7 @@ import torch
 from safeedit.lm import generate, resolve_architecture
 from safeedit.methods import DINM, EditError
 from tests.conftest import REPO, tiny_instance, tiny_model, tiny_tokenizer
-from tests.test_bench import bench_args, tiny_setup  # noqa: F401  (fixture)
+from tests.test_bench import bench_args, kill_after_lines, tiny_setup  # noqa: F401  (fixture)
 from tests.test_dinm import state_hash
 
 OPTS = dict(suffix=None, lr=1e-2, steps=3, layer=1)
@@ -131,14 +129,7 @@ def test_grouped_bench_kill_resume_by_group_and_same_answers_as_one_at_a_time(ti
     env = dict(os.environ, SAFEEDIT_CACHE=str(tiny_setup["tmp"] / "cache"))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / "results.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and results.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_lines(proc, results, 1)
     before = [json.loads(line)["key"] for line in results.read_text().splitlines()]
     assert len(before) == 4  # a group is the unit that is written
     subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -156,7 +147,7 @@ def test_grouped_bench_kill_resume_by_group_and_same_answers_as_one_at_a_time(ti
                {k: v["response"] for k, v in s["post"].items() if k != "_fluency"}, g["key"]
 
 
-def test_two_process_sharded_run_merges_to_the_single_process_run(tiny_setup):  # noqa: F811
+def test_two_process_sharded_run_resumes_a_killed_shard_and_merges_to_the_single_process_run(tiny_setup):  # noqa: F811
     extra = ["--kqa-n", "0", "--csum-n", "0", "--set", "layer=2", "--group-size", "2", "--limit", "6"]
     env = dict(os.environ, SAFEEDIT_CACHE=str(tiny_setup["tmp"] / "cache"), OMP_NUM_THREADS="1")
 
@@ -166,9 +157,17 @@ def test_two_process_sharded_run_merges_to_the_single_process_run(tiny_setup):  
         return subprocess.Popen(cmd, cwd=REPO, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     sharded, single = tiny_setup["tmp"] / "sharded", tiny_setup["tmp"] / "one"
+    # rank 0 (blocks 0-1 and 4-5) is killed after writing its first group, then resumed beside rank 1
+    first = launch(sharded, 0, 2)
+    rank0 = sharded / "results.rank0-of2.jsonl"
+    kill_after_lines(first, rank0, 2)
+    before = [json.loads(line)["key"] for line in rank0.read_text().splitlines()]
+    assert len(before) == 2  # one group, written at once
     procs = [launch(sharded, r, 2) for r in (0, 1)]
     for p in procs:
         assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
+    after = [json.loads(line)["key"] for line in rank0.read_text().splitlines()]
+    assert len(after) == 4 and len(set(after)) == 4 and after[:2] == before  # nothing lost or redone
     p = launch(single)
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
     shard_files = sorted(f.name for f in sharded.glob("results*.jsonl"))
@@ -180,6 +179,15 @@ def test_two_process_sharded_run_merges_to_the_single_process_run(tiny_setup):  
     summary = json.loads((sharded / "summary.json").read_text())
     assert summary["n"] == 6 and summary["complete"]
     assert summary["post"] == json.loads((single / "summary.json").read_text())["post"]
+
+    # the same run under a real launcher: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK for two processes
+    launched = tiny_setup["tmp"] / "torchrun"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "safeedit.cli", *bench_args(tiny_setup, launched, extra=extra)]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert sorted(f.name for f in launched.glob("results*.jsonl")) == shard_files
+    assert [_content(r) for r in _rows(launched)] == [_content(r) for r in one]
 
 
 def test_grouped_bench_with_prefix_reuse_equals_the_plain_grouped_run(tiny_setup):  # noqa: F811

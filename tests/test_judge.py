@@ -200,7 +200,7 @@ def write_tiny_jsonl(path, n=40):
 def test_tiny_training_end_to_end(tmp_path, tiny_dir):
     data = write_tiny_jsonl(tmp_path / "train.jsonl")
     out = tmp_path / "judges" / "mine"
-    report = train_judge(out, data_path=data, safeedit_path=None, base_model=tiny_dir, max_train=32,
+    report = train_judge(out, data_path=data, safeedit_path=None, labels_path=None, base_model=tiny_dir, max_train=32,
                          max_length=16, batch_size=8, epochs=2, test_fraction=0.3, progress=False, log=lambda m: None)
     config = json.loads((out / "config.json").read_text())
     assert {int(k): v for k, v in config["id2label"].items()} == {0: "safe", 1: "unsafe"}
@@ -216,8 +216,8 @@ def test_tiny_training_end_to_end(tmp_path, tiny_dir):
 def test_tiny_training_with_prompt(tmp_path, tiny_dir):
     data = write_tiny_jsonl(tmp_path / "train.jsonl", n=24)
     out = tmp_path / "pj"
-    train_judge(out, data_path=data, safeedit_path=None, base_model=tiny_dir, with_prompt=True, max_train=None,
-                max_length=16, batch_size=8, test_fraction=0.3, progress=False, log=lambda m: None)
+    train_judge(out, data_path=data, safeedit_path=None, labels_path=None, base_model=tiny_dir, with_prompt=True,
+                max_train=None, max_length=16, batch_size=8, test_fraction=0.3, progress=False, log=lambda m: None)
     judge = SafetyJudge.from_pretrained(out)
     assert judge.with_prompt
     with pytest.raises(ValueError, match="prompts"):
@@ -252,7 +252,8 @@ def test_training_failure_leaves_nothing(tmp_path, tiny_dir, monkeypatch):
     monkeypatch.setattr(jtrain, "model_card", boom)
     data = write_tiny_jsonl(tmp_path / "train.jsonl", n=20)
     with pytest.raises(RuntimeError, match="disk full"):
-        train_judge(tmp_path / "out" / "j", data_path=data, safeedit_path=None, base_model=tiny_dir, max_train=16,
+        train_judge(tmp_path / "out" / "j", data_path=data, safeedit_path=None, labels_path=None, base_model=tiny_dir,
+                    max_train=16,
                     max_length=8, batch_size=8, test_fraction=0.3, progress=False, log=lambda m: None)
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -302,7 +303,8 @@ def test_real_encoder_judge(tmp_path):
         trained = json.loads((default_judge_dir() / "training_report.json").read_text())["recipe"]["steps"] >= 50
     except (FileNotFoundError, KeyError, json.JSONDecodeError):
         out = tmp_path / "judge"
-        train_judge(out, max_train=32, max_length=32, batch_size=16, max_eval_per_source=4, progress=False,
+        train_judge(out, max_train=32, labels_path=None, max_length=32, batch_size=16, max_eval_per_source=4,
+                    progress=False,
                     log=lambda m: None)
         judge, trained = SafetyJudge.from_pretrained(out), False
     result = judge(refusals + compliant + [""])

@@ -270,7 +270,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--no-judge-data", action="store_true", help="leave judge_train.jsonl out")
     train.add_argument("--no-safeedit", action="store_true", help="leave the SafeEdit rows out")
     train.add_argument("--labels", default=JudgeTrainConfig.labels_path,
-                       help="our labelled training rows: 'default' = data/judge_labels/train.jsonl (off unless given)")
+                       help="our labelled training rows: 'default' = data/judge_labels/train.jsonl (the default), or a path")
     train.add_argument("--no-labels", action="store_true", help="leave our labelled training rows out")
     train.add_argument("--labels-repeats", type=int, default=JudgeTrainConfig.labels_repeats,
                        help="copies of each labelled training row")
