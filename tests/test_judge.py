@@ -205,7 +205,8 @@ def test_tiny_training_end_to_end(tmp_path, tiny_dir):
     config = json.loads((out / "config.json").read_text())
     assert {int(k): v for k, v in config["id2label"].items()} == {0: "safe", 1: "unsafe"}
     assert config["safeedit_judge"]["with_prompt"] is False
-    assert "Held-out scores" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "Held-out scores" in card and "Recipe: a recipe other than the default" in card
     assert json.loads((out / "training_report.json").read_text())["metrics"] == report["metrics"]
     assert set(report["metrics"]["per_source"]) <= {"a", "b"} and report["metrics"]["overall"]["n"] > 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["mine"]  # no temp folder left behind

@@ -228,8 +228,8 @@ class JudgeTrainConfig:
     #: Source: sized so the default recipe (with our labelled rows) trains in ~4.5 min on 2 CPU cores,
     #: as the previous default (2,800 pool rows, no labelled rows) did (make-demo budget).
     max_train: int | None = 2000
-    #: passes over the training rows (fractions stop part-way). Source: the make-demo time budget (2 epochs
-    #: not measured yet, RECIPES_TRIED).
+    #: passes over the training rows (fractions stop part-way). Source: measured, 2 epochs cost twice the
+    #: time and scored lower on our validation set (RECIPES_TRIED).
     epochs: float = 1.0
     #: training truncation in tokens (inference reads up to 512). Source: measured, 128 vs 512 within 1 point.
     max_length: int = 128
@@ -243,7 +243,7 @@ class JudgeTrainConfig:
     test_fraction: float = 0.2
     #: share of the remaining training groups held out to calibrate the decision threshold (never the
     #: test split, never the validation set); 0 = no calibration, argmax like the paper (the default until
-    #: calibration is measured better, RECIPES_TRIED). 0.1 is the candidate recipe's value.
+    #: calibration is measured better; it lowered both scores when measured, RECIPES_TRIED).
     calib_fraction: float = 0.0
     #: held-out (and calibration) rows scored per source, label ratio kept; None = all. Source: CPU time.
     max_eval_per_source: int | None = 150
@@ -512,28 +512,35 @@ def train_judge(out_dir: str | Path | None = None, config: JudgeTrainConfig | No
 
 #: recipes measured with `safeedit judge train` + `safeedit judge eval` (filled in from the runs
 #: described in the README's judge section; balanced accuracy = mean recall on safe and unsafe)
-RECIPES_TRIED = """Balanced accuracy (bal.) = mean of the recall on unsafe and on safe. "Validation" is our labelled
-set (`data/judge_labels/validation.jsonl`: 256 responses to questions the judges never trained on,
-24 unsafe); "held-out" is the grouped 20 % split of the training pool (at most 150 rows per source).
-Training seconds were measured on this 2-core machine while it was shared (load average 20-30 during
-these runs), so they are upper bounds; on an idle machine the previous default trained in about
-4-5 minutes.
+#: the name of the default JudgeTrainConfig in RECIPES_TRIED (benchmarks/judge_recipes.py)
+DEFAULT_RECIPE = "pool2000+labels,x1"
 
-| recipe | what changes | validation bal. (recall unsafe / safe) | val. SafeEdit unedited: bal. (FP rate) | held-out bal., macro over sources | held-out bal. per source: DNA / GPTFuzz / PKU / JAILJUDGE / JBB / DiaSafety / SafeEdit | held-out recall on unsafe: SafeEdit / JBB | train s |
+RECIPES_TRIED = """Every recipe below was trained on the current label files (training 1,103 rows, validation 586 rows
+/ 70 unsafe; no question in both) one at a time on the idle 2-core machine
+(`python benchmarks/judge_recipes.py train NAME --out DIR`, then `collect DIR/* --json R.json` and
+`table R.json`). Balanced accuracy (bal.) = mean of the recall on unsafe and on safe. "Validation" is
+our labelled set, never trained on. "Held-out" is the grouped 20 % split of the training pool (at
+most 150 rows per source, 943 rows); its plain macro average also counts three sources of 10-22 rows
+(the SafeEdit sample's 22 responses, its 10 constraint answers, 11 JailbreakEval examples) whose
+balanced accuracy moves by 0.1-0.3 with one row, so the table also gives the macro over the six
+150-row sources and the balanced accuracy over all held-out rows.
+
+| recipe | what changes | validation bal. (recall unsafe / safe) | val. unedited SafeEdit answers bal. | held-out bal.: macro all sources / macro 6 large sources / all rows | held-out per source: DNA / GPTFuzz / PKU / JAILJUDGE / JBB / DiaSafety / SafeEdit | held-out recall on unsafe: SafeEdit / JBB | train s |
 |---|---|---|---|---|---|---|---|
-| pool2800 (previous default, argmax) | 2,800-row balanced pool subsample, 1 epoch, response only | **0.718** (0.833 / 0.603) | 0.750 (34 of 68 safe answers flagged) | 0.729 | 0.618 / 0.879 / 0.686 / 0.785 / 0.930 / 0.477 / 0.950 | 0.900 / 0.989 | 1604 (96 steps) |
-| pool2000+labels+calib (candidate) | 2,000 pool rows + our 377 labelled rows x2 (about the default's step count) + threshold calibrated on held-out training groups | not measured: still training at the deadline (6.5 CPU-minutes in 40 wall minutes on the shared machine); its report will land in `runs/judges/pool2000+labels+calib/` | | | | | |
-| pool-full+calib | whole training pool (15,370 rows, 1 epoch) | not measured: started, stopped unfinished (about 5x the default's steps) | | | | | |
-| pool2000+labels-hardneg+calib | without the benign hard negatives | not measured: stopped unfinished | | | | | |
-| pool2000+labels+calib,2ep | 2 epochs | not measured: stopped unfinished | | | | | |
-| pool2000+labels+calib,prompt | reads prompt + response | not measured: stopped unfinished (earlier measurement in "Why response only") | | | | | |
-| SmolLM2-135M + classification head | larger backbone | not measured: 135 M parameters vs 22.7 M, so each step costs roughly 6x MiniLM's; the default's 96 steps would take well over the make-demo budget (`benchmarks/judge_backbone_speed.py` measures it) | | | | | |
+| pool2800 (previous default) | 2,800-row balanced pool subsample, 1 epoch, response only, argmax | 0.681 (0.671 / 0.690) | 0.605 | 0.721 / 0.740 / 0.775 | 0.615 / 0.880 / 0.733 / 0.816 / 0.914 / 0.480 / 0.955 | 0.909 / 0.989 | 270 |
+| **pool2000+labels,x1 (default)** | 2,000 pool rows + our labelled rows once | **0.783** (0.686 / 0.880) | **0.859** | **0.737 / 0.771 / 0.783** | 0.795 / 0.871 / 0.691 / 0.833 / 0.887 / 0.550 / 0.909 | 0.818 / 1.000 | 270 |
+| pool2000+labels | labelled rows twice | 0.800 (0.686 / 0.915) | 0.887 | 0.698 / 0.762 / 0.781 | 0.726 / 0.886 / 0.694 / 0.828 / 0.906 / 0.532 / 0.909 | 0.818 / 0.989 | 334 |
+| pool1500+labels,x1 | 1,500 pool rows + labelled rows once | 0.796 (0.657 / 0.934) | 0.830 | 0.750 / 0.740 / 0.747 | 0.708 / 0.866 / 0.663 / 0.808 / 0.892 / 0.503 / 0.909 | 0.818 / 0.977 | 239 |
+| pool2000+labels,2ep | labelled rows twice, 2 epochs | 0.778 (0.614 / 0.942) | 0.966 | 0.795 / 0.764 / 0.788 | 0.771 / 0.891 / 0.676 / 0.846 / 0.880 / 0.518 / 0.909 | 0.818 / 0.955 | 700 |
+| pool2000+labels,prompt | labelled rows twice, reads prompt + response | 0.799 (0.700 / 0.897) | 0.921 | 0.728 / 0.747 / 0.746 | 0.726 / 0.895 / 0.738 / 0.803 / 0.712 / 0.605 / 0.773 | 0.545 / 0.602 | 428 |
 
-Per-kind on the validation set, the previous default flags as unsafe: 34 of 68 safe unedited
-SafeEdit answers (template echoes, agreeable noise, loops), 13 of 13 harmless role-play rows, 7 of 9
-template echoes, 10 of 24 helpful answers to benign questions with alarming words, 11 of 20 safe
-answers to attack prompts; it catches 20 of the 24 unsafe rows. This is the failure the issue
-describes, measured on data the judge never saw.
+Measured in earlier sessions, on the smaller label files then (387 validation rows), not re-run:
+a threshold calibrated on held-out training groups (`--calib-fraction 0.1`) lowered both scores
+against the argmax rule (validation 0.790 vs 0.852, held-out macro 0.667 vs 0.741), and the same
+recipe without the benign hard negatives was stopped unfinished. Not measured at all: the whole
+training pool (15,370 rows, about 480 steps, ~26 min here, five times the make-demo budget) and a
+larger backbone (SmolLM2-135M with a classification head: ~6x MiniLM's cost per step,
+`benchmarks/judge_backbone_speed.py`).
 """
 
 
@@ -569,6 +576,9 @@ def model_card(report: dict) -> str:
     val = report.get("validation_metrics")
     val_block = (_score_table(val) if val else "(no labelled validation set was given)")
     recipe_lines = "\n".join(f"  - `{k}` = {v!r}" for k, v in rec.items() if k in JudgeTrainConfig.__dataclass_fields__)
+    default = asdict(JudgeTrainConfig().resolved())
+    which = (f"the default recipe, **{DEFAULT_RECIPE}** in \"Recipes tried\" below"
+             if all(rec.get(k) == v for k, v in default.items()) else "a recipe other than the default")
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -584,7 +594,7 @@ Labels: `0 = safe`, `1 = unsafe` (`id2label` names them). safeedit scores an emp
 - **Decision rule:** {rule}.
 - **Base encoder:** {report['base_model']}, new 2-way head.
 - **Trained:** {report['created']}, {rec['steps']} steps, {report['seconds']['train']:.0f} s of training and
-  {report['seconds']['eval']:.0f} s of calibration/scoring on CPU. Recipe (`JudgeTrainConfig`):
+  {report['seconds']['eval']:.0f} s of calibration/scoring on CPU. Recipe: {which} (`JudgeTrainConfig`):
 {recipe_lines}
 
 ## Use
