@@ -105,16 +105,12 @@ def _rows(folder: Path) -> dict[str, dict]:
     return rows
 
 
-def _loop_seconds(folder: Path) -> float:
+def _loop_seconds(folder: Path, less_pre_edit: bool = False) -> float:
+    """Mean per-instance loop time; ``less_pre_edit``: without the pre-edit answers made in the run,
+    i.e. edit + post-edit generation + judge (the issue's target measure; row (a) has them cached)."""
     rows = _rows(folder).values()
-    return sum(r["times"]["total_s"] for r in rows) / len(rows)
-
-
-def _edit_post_judge_seconds(folder: Path) -> float:
-    """Per-instance edit + post-edit generation + judge: the loop time less pre-edit answers made in
-    the run (what the issue's target compares; row (a) makes none, its cache is warm)."""
-    rows = _rows(folder).values()
-    return sum(r["times"]["total_s"] - r["times"].get("pre_generate_s", 0.0) for r in rows) / len(rows)
+    return sum(r["times"]["total_s"] - (r["times"].get("pre_generate_s", 0.0) if less_pre_edit else 0.0)
+               for r in rows) / len(rows)
 
 
 def _same_share(a: Path, b: Path) -> tuple[int, int]:
@@ -188,7 +184,7 @@ def main() -> None:
             results[name] = r
             print(f"{label}: {r}", file=sys.stderr, flush=True)
             table.append([label, f"{r['wall_s'] / args.instances:.1f}", f"{_loop_seconds(tmp / name):.1f}",
-                          f"{_edit_post_judge_seconds(tmp / name):.1f}",
+                          f"{_loop_seconds(tmp / name, less_pre_edit=True):.1f}",
                           f"{r['after_load_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['peak_mib'] / r['after_load_mib']:.2f}"])
         by_id = {row[0][1]: row for row in table}
         for row_id, row in by_id.items():  # run speed-up: warm rows vs (a), cold rows vs (c)

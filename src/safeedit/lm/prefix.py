@@ -195,7 +195,7 @@ def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[Pref
     pad_id = config.pad_token_id
     device = next(model.parameters()).device
     returns_tuple = _probe_tuple(model, layers)  # outside any row context: a one-row probe
-    pending = Counter(id(states[i]) for i in reuse)  # batches still to read each state
+    pending = Counter(id(states[i]) for i in reuse) if release_states else Counter()  # batches still to read each state
     with torch.inference_mode():
         for start in range(0, len(reuse), batch_size):
             batch = reuse[start:start + batch_size]
