@@ -59,3 +59,18 @@ def test_tiny_model_batched_equals_single():
     single = [generate(model, tok, p, max_new_tokens=6, chat=False) for p in prompts]
     assert batched == single
     assert not torch.is_inference_mode_enabled()
+
+
+def test_token_budget_batches_sort_by_length_and_bound_the_padded_size():
+    from safeedit.lm.generation import token_budget_batches
+
+    lengths = [900, 40, 950, 120, 35, 1000, 400]
+    batches = token_budget_batches(lengths, budget=2200, extra=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)
+    for b in batches:
+        assert len(b) == 1 or len(b) * (max(lengths[i] for i in b) + 64) <= 2200
+    assert batches[0] == [4, 1, 3, 6]  # the short rows share one batch; the long ones go two or one at a time
+    assert token_budget_batches([5000], budget=100) == [[0]]  # too long for the budget: a batch of its own
+    assert token_budget_batches([], budget=100) == []

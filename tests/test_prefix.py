@@ -123,3 +123,26 @@ def test_released_states_shared_by_rows_of_later_batches_stay_usable():
     # every reused entry released and its tensors freed (prompt 2 is too short to reuse: plain path)
     assert all(s is None for i, s in zip(order, shared) if i != 2)
     assert all(k is None for i in (0, 1, 3) for k in states[i].keys)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_prefill_in_chunks_gives_the_same_answers_and_states(family, monkeypatch):
+    """Chunked prefill (``PREFILL_TOKENS``) changes memory, not results: plain generation and the
+    capturing pass with 3-position chunks equal one-pass prefill, keys/values and layer inputs included."""
+    import safeedit.lm.generation as generation
+
+    model, tok = tiny_model(family), tiny_tokenizer()
+    pre = prompts()
+    gen = dict(max_new_tokens=8, chat=False, batch_size=3)
+    whole = generate(model, tok, pre, **gen)
+    states_whole = generate_capturing_prefix(model, tok, pre, layer=2, **gen)[1] if family == "llama" else None
+    monkeypatch.setattr(generation, "PREFILL_TOKENS", 9)  # batches of 3 rows: 3 positions per step
+    assert generation.prefill_chunk(3) < max(len(tok(p)["input_ids"]) for p in pre)
+    assert generate(model, tok, pre, **gen) == whole
+    if family == "llama":
+        answers, states = generate_capturing_prefix(model, tok, pre, layer=2, **gen)
+        assert answers == whole
+        for a, b in zip(states, states_whole):
+            assert a.ids == b.ids
+            assert torch.allclose(a.hidden, b.hidden, atol=1e-5)
+            assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a.keys + a.values, b.keys + b.values))

@@ -35,8 +35,10 @@ from safeedit.errors import ConfigError
 from safeedit.lm.arch import resolve_architecture
 from safeedit.lm.chat import use_chat_template
 from safeedit.lm.forward_args import cache_arg, keep_last_logits
+from safeedit.lm.kv_cache import reserved_cache
 from safeedit.lm.generation import (
     GenerationStats,
+    prefill_chunk,
     encode_for_generation,
     generate,
     generation_config,
@@ -89,8 +91,6 @@ def generate_capturing_prefix(model, tokenizer, prompts: list[str], *, layer: in
                               chat: bool | None = None, batch_size: int = 8,
                               stats: GenerationStats | None = None) -> tuple[list[str], list[PrefixState]]:
     """Greedy answers of the (unedited) model, and each prompt's :class:`PrefixState` below ``layer``."""
-    from transformers import DynamicCache
-
     chat = use_chat_template(tokenizer, chat)
     layers = resolve_architecture(model).decoder_layers(model)
     if not 0 < layer < len(layers):
@@ -102,10 +102,10 @@ def generate_capturing_prefix(model, tokenizer, prompts: list[str], *, layer: in
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(prompts)
     states: list[PrefixState | None] = [None] * len(prompts)  # None: a one-token prompt, nothing to keep
-    seen: dict[str, torch.Tensor] = {}
+    seen: list[torch.Tensor] = []  # layer ``layer``'s input, one tensor per prefill chunk
 
     def grab(_module, args, kwargs):
-        seen["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
+        seen.append(kwargs.get("hidden_states", args[0] if args else None))
 
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
@@ -116,24 +116,32 @@ def generate_capturing_prefix(model, tokenizer, prompts: list[str], *, layer: in
                 output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config)
                 _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
                 continue
-            cache = DynamicCache(config=model.config)
+            cache = reserved_cache(model, width + max_new_tokens)
             handle = layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
-            try:  # prefill all but the last token; generate feeds that one and decodes
-                model(input_ids=ids[:, :-1], attention_mask=attention[:, :-1],
-                      position_ids=_positions(attention[:, :-1]), use_cache=True, **keep_last_logits(model),
-                      **{cache_arg(model): cache})
+            positions = _positions(attention)
+            seen.clear()
+            try:  # prefill all but the last token (in chunks); generate feeds that one and decodes
+                step = prefill_chunk(len(batch))
+                for lo in range(0, width - 1, step):
+                    hi = min(width - 1, lo + step)
+                    model(input_ids=ids[:, lo:hi], attention_mask=attention[:, :hi], position_ids=positions[:, lo:hi],
+                          use_cache=True, **keep_last_logits(model), **{cache_arg(model): cache})
             finally:
                 handle.remove()
+            hidden_in = torch.cat(seen, dim=1)
+            seen.clear()
             for row, index in enumerate(batch):
                 n = len(encoded[index]) - 1
                 if n == 0:
                     continue
                 lo = width - 1 - n
+                # views, not copies: the cache reserved room for the answer, so decoding below writes
+                # only later columns; a layer's buffer is freed once every row's view of it is dropped
                 states[index] = PrefixState(
                     ids=list(encoded[index][:-1]), layer=layer,
-                    keys=[cache.layers[li].keys[row, :, lo:].clone() for li in range(layer)],
-                    values=[cache.layers[li].values[row, :, lo:].clone() for li in range(layer)],
-                    hidden=seen["hidden"][row, lo:].clone())
+                    keys=[cache.layers[li].keys[row, :, lo:width - 1] for li in range(layer)],
+                    values=[cache.layers[li].values[row, :, lo:width - 1] for li in range(layer)],
+                    hidden=hidden_in[row, lo:].clone())
             output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
                                     **{cache_arg(model): cache})
             _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
@@ -164,8 +172,6 @@ def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[Pref
     the batch's cache are not both alive (the caller must hold no other reference to free memory).
     """
     from contextlib import nullcontext
-
-    from transformers import DynamicCache
 
     if len(states) != len(prompts):
         raise ConfigError(f"{len(prompts)} prompts but {len(states)} prefix states")
@@ -206,7 +212,9 @@ def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[Pref
             if stats is not None:
                 stats.reused_tokens += sum(max(0, cached - f) for f in first)
             with row_context(batch) if row_context is not None else nullcontext():
-                cache = DynamicCache(config=model.config)
+                cache = reserved_cache(model, width + max_new_tokens)
+                # one pass, not chunked: layers below L are bypassed and hold nothing yet, and transformers
+                # sizes the attention mask from the first layer's cache
                 hidden = _gather([states[i].hidden for i in batch], first, cached)
                 with run_from_layer(layers, layer, lambda: hidden, returns_tuple):
                     model(input_ids=ids[:, :cached], attention_mask=attention[:, :cached],
