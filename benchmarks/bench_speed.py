@@ -63,7 +63,8 @@ def bench_config(args, out: str, method: str = "dinm", group_size: int = 1, pref
 
     return BenchConfig(method=method, data=str(SAMPLE), judge=args.judge, out=out, limit=args.instances,
                        max_new_tokens=args.max_new_tokens, kqa_n=0, csum_n=0, dtype="float32", device="cpu",
-                       group_size=group_size, prefix_reuse=prefix_reuse)
+                       group_size=group_size, prefix_reuse=prefix_reuse,
+                       **({"decode_tokens": args.decode_tokens} if args.decode_tokens else {}))
 
 
 def row_main(args) -> None:
@@ -85,6 +86,7 @@ def _child(args, out, method, group_size, threads, env_extra=None, prefix_reuse=
     cmd = [sys.executable, __file__, "--_row", "--out", str(out), "--method", method, "--group-size", str(group_size),
            "--threads", str(threads), "--instances", str(args.instances), "--judge", args.judge, "--max-new-tokens", str(args.max_new_tokens)]
     cmd += ["--prefix-reuse"] if prefix_reuse else []
+    cmd += ["--decode-tokens", str(args.decode_tokens)] if prefix_reuse and args.decode_tokens else []
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(env_extra or {}))
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
@@ -138,6 +140,8 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="dinm", help=argparse.SUPPRESS)
     ap.add_argument("--prefix-reuse", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--decode-tokens", type=int, default=None,
+                    help="row (d): padded tokens per post-edit decode batch (default: the bench's)")
     ap.add_argument("--judge", default=None, help="safety judge folder (default: the cached judge)")
     args = ap.parse_args()
     if args._row:
@@ -174,7 +178,8 @@ def main() -> None:
                 ("a", "(a) one at a time (--group-size 1), warm pre-edit cache", "one", 1, None, False),
                 ("b", f"(b) grouped (--group-size {k}), warm pre-edit cache", "grouped", k, None, False),
                 ("c", f"(c) grouped (--group-size {k}), cold: pre-edit answers generated", "cold", k, cold_cache("c"), False),
-                ("d", f"(d) grouped (--group-size {k}) + prefix reuse, cold: pre-edit answers generated", "reuse", k,
+                ("d", f"(d) grouped (--group-size {k}) + prefix reuse"
+                      f"{f' (--decode-tokens {args.decode_tokens})' if args.decode_tokens else ''}, cold: pre-edit answers generated", "reuse", k,
                  cold_cache("d"), True)):
             if row_id not in args.rows:
                 continue

@@ -197,23 +197,16 @@ def test_grouped_bench_with_prefix_reuse_equals_the_plain_grouped_run(tiny_setup
     # pre-edit answers are generated in the groups (the only case with a prefix to reuse)
     extra = ["--kqa-n", "0", "--csum-n", "0", "--set", "layer=2", "--set", "suffix=w5 w6 w7", "--limit", "6",
              "--group-size", "3"]
-    import safeedit.bench.runner as runner
-
     rows = {}
-    # "waves": at most 4 post-edit rows per decode batch, so an instance's rows and a repeated
-    # pre-edit prompt fall in different waves (an answered prompt then has no state: plain path)
-    for name, flag, wave in (("plain", "--no-prefix-reuse", None), ("reuse", "--prefix-reuse", None),
-                             ("waves", "--prefix-reuse", 4)):
+    # "waves": decode batches of at most 100 padded tokens (a few rows), so an instance's rows and a
+    # repeated pre-edit prompt fall in different waves (an answered prompt then has no state: plain path)
+    for name, flags in (("plain", ["--no-prefix-reuse"]), ("reuse", ["--prefix-reuse"]),
+                        ("waves", ["--prefix-reuse", "--decode-tokens", "100"])):
         os.environ["SAFEEDIT_CACHE"] = str(tiny_setup["tmp"] / f"cache-{name}")
         if name == "reuse":  # the unedited answers of the first 2 instances cached: a group mixes both paths
             warm = ["--kqa-n", "0", "--csum-n", "0", "--limit", "2"]
             assert main(bench_args(tiny_setup, tiny_setup["tmp"] / "warm", method="none", extra=warm)) == 0
-        default_wave = runner.REUSE_DECODE_ROWS
-        runner.REUSE_DECODE_ROWS = wave or default_wave
-        try:
-            assert main(bench_args(tiny_setup, tiny_setup["tmp"] / name, extra=[*extra, flag])) == 0
-        finally:
-            runner.REUSE_DECODE_ROWS = default_wave
+        assert main(bench_args(tiny_setup, tiny_setup["tmp"] / name, extra=[*extra, *flags])) == 0
         rows[name] = _rows(tiny_setup["tmp"] / name)
         assert len(rows[name]) == 6
     assert [_content(r) for r in rows["reuse"]] == [_content(r) for r in rows["plain"]]

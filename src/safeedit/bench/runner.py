@@ -50,19 +50,21 @@ from safeedit.data import EVAL_KEYS, load_safeedit
 from safeedit.data.splits import question_overlap
 from safeedit.errors import ConfigError, DataError, RunFailedError, UserError
 from safeedit.lm import generate, load_model, use_chat_template
+from safeedit.lm.generation import encode_prompts, token_budget_batches
 from safeedit.lm.loading import DEFAULT_MODEL
 from safeedit.paths import cache_dir, general_data_path
 
 RUN_FORMAT = 2
 
 
-#: most post-edit rows decoded in one batch under prefix reuse. Measured with DINM on a 2-core CPU
-#: (SafeEdit inputs of ~950 tokens, 64 new tokens): post-edit generation 9.0 s per instance in batches
-#: of 8 rows, 6.7 s in one batch of 20 (a group of 4); a group of 8 as one batch of 40 was slower
-#: (edit + post-edit + judge 12.1 s per instance vs 10.3 s for groups of 4, peak RSS 4.2 vs 2.9 GB):
-#: past ~20 rows the long prompts' keys and values cost more per step than the shared weight reads
-#: save, and every row's prefix state is alive at once
-REUSE_DECODE_ROWS = 20
+#: padded tokens (rows x (longest prompt + new tokens)) of one post-edit decode batch under prefix
+#: reuse, which bounds the batch's KV cache (~46 KiB a token for SmolLM2-135M in float32, so ~740 MiB)
+#: and the prefix states alive beside it. Rows are sorted by length first, so SafeEdit's ~1,000-token
+#: jailbreak prompts decode ~15 at a time and the short questions together. Measured on the 2-core CPU
+#: (DINM, 8 sample instances, 64 new tokens; edit + post-edit + judge s/instance, peak RSS / after load):
+#: groups of 4 with 8,192 tokens 12.4 s, 1.79x; groups of 8 with 16,384 tokens 10.4 s, 2.21x; the
+#: earlier fixed 20-row waves (groups of 4) 10.3-11.1 s, 2.37-2.76x.
+REUSE_DECODE_TOKENS = 16384
 
 
 @dataclass
@@ -112,6 +114,9 @@ class BenchConfig:
     #: post-edit generation, benchmarks/bench_speed.py), off on a GPU, where prefill is cheap and the
     #: reuse's bookkeeping costs more than it saves (benchmarks/gpu_check.sh)
     prefix_reuse: bool | None = None
+    #: prefix reuse: padded tokens (rows x (longest prompt + new tokens)) of one post-edit decode
+    #: batch, i.e. its KV cache; lower it on a memory-tight machine (see ``REUSE_DECODE_TOKENS``)
+    decode_tokens: int = REUSE_DECODE_TOKENS
     #: ``auto``: let accelerate place a model larger than one GPU over all visible GPUs
     device_map: str | None = None
     #: seed for sampling, data subsets and training
@@ -140,7 +145,7 @@ class BenchConfig:
         """What must match for a run folder to be resumed (not paths to outputs or progress bars)."""
         d = asdict(self)
         for k in ("out", "judge", "judge_format", "judge_base_url", "batch_size", "device", "trust_remote_code",
-                  "group_size", "prefix_reuse", "device_map"):
+                  "group_size", "prefix_reuse", "decode_tokens", "device_map"):
             d.pop(k)
         return d
 
@@ -266,6 +271,8 @@ class BenchRun:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"  # one GPU each
         if cfg.group_size < 1:
             raise ConfigError(f"group_size must be >= 1, got {cfg.group_size}")
+        if cfg.decode_tokens < 1:
+            raise ConfigError(f"decode_tokens must be >= 1, got {cfg.decode_tokens}")
         model, tok = load_model(model_name, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
                                 device_map=cfg.device_map)
         chat = use_chat_template(tok, cfg.chat)
@@ -464,11 +471,11 @@ class BenchRun:
         yet answered are answered here, and their unedited prefill below the edited layer serves the
         post-edit prompts (``safeedit.lm.prefix``).
 
-        The group's rows go in waves of at most ``REUSE_DECODE_ROWS``: a wave's distinct pre-edit
-        prompts are prefilled in length-sorted batches of ``batch_size`` (prefill is compute-bound, so
-        padding costs), then its post-edit rows decode in one batch (a CPU decode step reads every weight
-        once whatever the batch, so a row's share falls as the batch grows), and its prefix states are
-        freed before the next wave."""
+        The group's rows go in waves of at most ``decode_tokens`` padded tokens, rows of similar
+        length together: a wave's distinct pre-edit prompts are prefilled in length-sorted batches of
+        ``batch_size`` (prefill is compute-bound, so padding costs), then its post-edit rows decode in one
+        batch (a CPU decode step reads every weight once whatever the batch, so a row's share falls as
+        the batch grows), and its prefix states are freed before the next wave."""
         from safeedit.lm.prefix import generate_capturing_prefix, generate_from_prefix
 
         texts: list[str | None] = [None] * len(prompts)
@@ -481,8 +488,10 @@ class BenchRun:
                 texts[i] = t
         step, pre_s = gen["batch_size"], 0.0
         rows = [i for i in range(len(prompts)) if texts[i] is None]
-        for start in range(0, len(rows), REUSE_DECODE_ROWS):
-            wave = rows[start:start + REUSE_DECODE_ROWS]
+        lengths = [len(ids) for ids in encode_prompts(tok, [prompts[i] for i in rows], gen["chat"], None, 10**9)[0]] \
+            if rows else []
+        for members in token_budget_batches(lengths, self.config.decode_tokens, extra=gen["max_new_tokens"]):
+            wave = [rows[j] for j in members]
             # each distinct unanswered pre-edit prompt once (inputs repeat across instances, e.g. DG_onlyQ)
             fresh = sorted({pre_prompts[i] for i in wave if known[pre_prompts[i]] is None}, key=lambda p: (len(p), p))
             state_of: dict[str, Any] = {}

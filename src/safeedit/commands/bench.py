@@ -25,6 +25,7 @@ def cmd_bench(args) -> int:
         trust_remote_code=args.trust_remote_code, kqa_n=args.kqa_n, csum_n=args.csum_n,
         general_instances=args.general_instances, group_size=args.group_size, device_map=args.device_map,
         **({} if args.prefix_reuse is None else {"prefix_reuse": args.prefix_reuse}),
+        **({} if args.decode_tokens is None else {"decode_tokens": args.decode_tokens}),
     )
     run_bench(config)
     print(compare_runs([args.out]))
@@ -53,8 +54,9 @@ def cmd_demo(args) -> int:
     if not (judge_dir / "config.json").is_file():
         from safeedit.judge.train import train_judge
 
-        print(f"no safety judge at {judge_dir}: training one (a few minutes on a CPU)", file=sys.stderr)
-        train_judge(judge_dir)
+        print(f"no safety judge at {judge_dir}: training one (a few minutes on a CPU; `safeedit judge eval` "
+              "scores it afterwards)", file=sys.stderr)
+        train_judge(judge_dir, score=False)  # its recipe's scores are in the model card; saves ~50 s
     runs = []
     for method in ("none", "dinm"):
         out = str(Path(args.out) / method)
@@ -102,6 +104,10 @@ def register(sub) -> None:
                    help="grouped editors: answer each group's pre-edit prompts in its pass and reuse that unedited "
                         "prefill below the edited layer for the post-edit prompts (default: on for a CPU, off for a "
                         "GPU; results equal up to float rounding)")
+    b.add_argument("--decode-tokens", type=int, default=None,
+                   help="prefix reuse: padded tokens of one post-edit decode batch (rows x (longest prompt + new "
+                        "tokens)), which bounds its KV cache; lower it on a memory-tight machine (default 16384, "
+                        "~740 MB for SmolLM2-135M in float32)")
     b.add_argument("--device-map", default=None,
                    help="'auto': spread a model too large for one GPU over all visible GPUs (accelerate)")
     b.set_defaults(func=cmd_bench)

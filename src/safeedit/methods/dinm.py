@@ -466,7 +466,10 @@ class _GroupRunner(FastRunner):
         return list(logits.split([e - a for a, e in spans]))
 
     def reference_log_probs(self, b: int) -> list[torch.Tensor]:
-        return [F.log_softmax(x.float(), dim=-1) for x in self._initial_logits[b]]
+        """The unedited model's log-probabilities on batch ``b``; once per batch, as the cached logits
+        are dropped here (they would double the [tokens x vocabulary] memory of the references)."""
+        logits, self._initial_logits[b] = self._initial_logits[b], []
+        return [F.log_softmax(x.float(), dim=-1) for x in logits]
 
     def target_ids(self, b: int) -> list[torch.Tensor]:
         return [torch.tensor(s.ids[s.target_start:], device=self.device) for s in self.batches[b]]
