@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from safeedit.errors import InputNotFoundError, UserError
+from safeedit.lm.loading import read_weights
 
 #: key in a judge's config.json under which safeedit records how the judge was trained
 CONFIG_KEY = "safeedit_judge"
@@ -198,7 +199,8 @@ class SafetyJudge:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(
             location, dtype=torch.float32, trust_remote_code=trust_remote_code)
-        judge = cls(model.to(device), tokenizer, device=device, source=location)
+        read_weights(model.to(device))  # in memory now, not at the first verdict (see read_weights)
+        judge = cls(model, tokenizer, device=device, source=location)
         if max_length is not None:
             judge.max_length = min(judge.max_length, int(max_length))
         return judge
