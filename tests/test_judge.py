@@ -214,6 +214,22 @@ def test_tiny_training_end_to_end(tmp_path, tiny_dir):
     assert judge.unsafe_index == 1 and len(judge([text(1), ""]).labels) == 2
 
 
+def test_training_without_scoring_saves_the_same_judge_and_says_so(tmp_path, tiny_dir):
+    """``score=False`` (what make demo uses) skips only the scoring: same weights, a card that says so."""
+    data = write_tiny_jsonl(tmp_path / "train.jsonl")
+    opts = dict(data_path=data, safeedit_path=None, labels_path=None, base_model=tiny_dir, max_train=32,
+                max_length=16, batch_size=8, epochs=1, test_fraction=0.3, progress=False, log=lambda m: None)
+    scored = train_judge(tmp_path / "scored", **opts)
+    unscored = train_judge(tmp_path / "unscored", score=False, **opts)
+    assert scored["metrics"] is not None and unscored["metrics"] is None and unscored["validation_metrics"] is None
+    card = (tmp_path / "unscored" / "README.md").read_text()
+    assert "not scored when it was trained" in card and "safeedit judge eval" in card
+    a = SafetyJudge.from_pretrained(tmp_path / "scored")
+    b = SafetyJudge.from_pretrained(tmp_path / "unscored")
+    texts = [text(i) for i in range(6)]
+    assert a(texts).unsafe_prob == pytest.approx(b(texts).unsafe_prob, abs=1e-6)
+
+
 def test_tiny_training_with_prompt(tmp_path, tiny_dir):
     data = write_tiny_jsonl(tmp_path / "train.jsonl", n=24)
     out = tmp_path / "pj"

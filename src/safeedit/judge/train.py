@@ -381,11 +381,15 @@ def _load_backbone(base: Path, seed: int):
 
 
 def train_judge(out_dir: str | Path | None = None, config: JudgeTrainConfig | None = None, *,
-                progress: bool = True, log: Callable[[str], None] | None = None, **overrides) -> dict:
+                progress: bool = True, log: Callable[[str], None] | None = None, score: bool = True,
+                **overrides) -> dict:
     """Train a safe/unsafe judge and save it (atomically) to ``out_dir`` (default :func:`default_judge_dir`).
 
     ``config`` holds the recipe (:class:`JudgeTrainConfig`, defaults = the measured default recipe);
     keyword ``overrides`` replace single fields (``train_judge(out, max_train=None, epochs=2)``).
+    ``score=False`` skips scoring the new judge on the held-out split and the labelled validation set
+    (~50 s on a 2-core CPU; ``make demo`` skips it, ``safeedit judge eval`` does it later); the
+    threshold calibration, part of the decision rule, always runs.
     Returns the report (also written to ``training_report.json`` and ``README.md``).
     """
     from transformers import get_linear_schedule_with_warmup
@@ -469,10 +473,11 @@ def train_judge(out_dir: str | Path | None = None, config: JudgeTrainConfig | No
         judge.threshold = threshold
         log(f"decision threshold calibrated on {len(splits.calib)} rows: p_unsafe >= {threshold:.2f} "
             f"(source-weighted balanced accuracy {cal_bal:.3f})")
-    metrics = evaluate(judge, splits.test, progress=progress, with_argmax=True)
-    log(format_scores(metrics, "held-out split of the training pool:"))
-    val_metrics = None
-    if splits.validation:
+    metrics = val_metrics = None
+    if score:
+        metrics = evaluate(judge, splits.test, progress=progress, with_argmax=True)
+        log(format_scores(metrics, "held-out split of the training pool:"))
+    if score and splits.validation:
         val_metrics = evaluate(judge, splits.validation, progress=progress, with_argmax=True)
         log(format_scores(val_metrics, "labelled validation set (data/judge_labels/validation.jsonl):"))
     eval_seconds = time.perf_counter() - eval_start
@@ -574,7 +579,10 @@ def model_card(report: dict) -> str:
             f"training (source-weighted balanced accuracy {cal['balanced_accuracy_weighted']:.3f}); stored as "
             f"`{CONFIG_KEY}.threshold`, which `SafetyJudge` applies" if cal else "argmax (no calibrated threshold)")
     val = report.get("validation_metrics")
-    val_block = (_score_table(val) if val else "(no labelled validation set was given)")
+    unscored = ("(not scored when it was trained; `safeedit judge eval --judge path/to/this/folder` scores it, "
+                "and \"Recipes tried\" below has the scores of its recipe)")
+    val_block = (_score_table(val) if val else unscored if report["metrics"] is None
+                 else "(no labelled validation set was given)")
     recipe_lines = "\n".join(f"  - `{k}` = {v!r}" for k, v in rec.items() if k in JudgeTrainConfig.__dataclass_fields__)
     default = asdict(JudgeTrainConfig().resolved())
     which = (f"the default recipe, **{DEFAULT_RECIPE}** in \"Recipes tried\" below"
@@ -634,7 +642,7 @@ Rows used for training (repeats counted):
 
 ## Held-out scores (pool split, at most {rec['max_eval_per_source']} rows per source)
 
-{_score_table(report['metrics'])}
+{unscored if report['metrics'] is None else _score_table(report['metrics'])}
 
 ## Recipes tried
 
