@@ -61,9 +61,9 @@ RUN_FORMAT = 2
 #: reuse, which bounds the batch's KV cache (~46 KiB a token for SmolLM2-135M in float32, so ~740 MiB)
 #: and the prefix states alive beside it. Rows are sorted by length first, so SafeEdit's ~1,000-token
 #: jailbreak prompts decode ~15 at a time and the short questions together. Measured on the 2-core CPU
-#: (DINM, 8 sample instances, 64 new tokens; edit + post-edit + judge s/instance, peak RSS / after load):
-#: groups of 4 with 8,192 tokens 12.4 s, 1.79x; groups of 8 with 16,384 tokens 10.4 s, 2.21x; the
-#: earlier fixed 20-row waves (groups of 4) 10.3-11.1 s, 2.37-2.76x.
+#: (DINM, 8 sample instances, 64 new tokens; edit + post-edit + judge s/instance, peak RSS / after load,
+#: groups of 8): 16,384 tokens 9.7 s, 2.38x; 6,144 tokens 11.9 s, 1.54x; the earlier fixed 20-row waves
+#: (groups of 4) 10.3-11.1 s, 2.4-2.8x. ``--decode-tokens`` sets it per run.
 REUSE_DECODE_TOKENS = 16384
 
 
