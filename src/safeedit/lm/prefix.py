@@ -35,15 +35,15 @@ from safeedit.errors import ConfigError
 from safeedit.lm.arch import resolve_architecture
 from safeedit.lm.chat import use_chat_template
 from safeedit.lm.forward_args import cache_arg, keep_last_logits
-from safeedit.lm.kv_cache import reserved_cache
 from safeedit.lm.generation import (
     GenerationStats,
-    prefill_chunk,
     encode_for_generation,
     generate,
     generation_config,
     left_pad,
+    prefill_chunk,
 )
+from safeedit.lm.kv_cache import reserved_cache
 from safeedit.lm.layer_bypass import layer_returns_tuple, run_from_layer
 
 
