@@ -488,8 +488,7 @@ class BenchRun:
                 texts[i] = t
         step, pre_s = gen["batch_size"], 0.0
         rows = [i for i in range(len(prompts)) if texts[i] is None]
-        lengths = [len(ids) for ids in encode_prompts(tok, [prompts[i] for i in rows], gen["chat"], None, 10**9)[0]] \
-            if rows else []
+        lengths = [len(ids) for ids in encode_prompts(tok, [prompts[i] for i in rows], gen["chat"], None, 10**9)[0]]
         for members in token_budget_batches(lengths, self.config.decode_tokens, extra=gen["max_new_tokens"]):
             wave = [rows[j] for j in members]
             # each distinct unanswered pre-edit prompt once (inputs repeat across instances, e.g. DG_onlyQ)

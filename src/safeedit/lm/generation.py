@@ -101,6 +101,8 @@ def encode_prompts(
     tokenizer, prompts: list[str], chat: bool, system: str | None, max_len: int
 ) -> tuple[list[list[int]], list[int]]:
     """Token ids for each formatted prompt, left-truncated to ``max_len``; also the cut indices."""
+    if not prompts:  # a fast tokenizer fails on an empty batch
+        return [], []
     texts = [format_prompt(tokenizer, p, chat=chat, system=system) for p in prompts]
     encoded = tokenizer(texts, add_special_tokens=adds_special_tokens(chat, tokenizer))["input_ids"]
     truncated = [i for i, ids in enumerate(encoded) if len(ids) > max_len]
