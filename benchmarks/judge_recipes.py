@@ -21,6 +21,8 @@ from pathlib import Path
 NO_HARD_NEG = "/tmp/judge_labels_no_hard_negatives.jsonl"
 HARD_NEG_KINDS = {"benign_alarming", "benign_in_attack", "written_benign_answer"}
 
+EMBEDDED = "embedded"  # base_model placeholder: the embedded chat model's converted folder, found at run time
+
 #: name -> (what it tests, JudgeTrainConfig overrides)
 LAB = dict(labels_path="default", calib_fraction=0.1)  # our labelled rows + calibrated threshold
 RECIPES = {
@@ -44,6 +46,10 @@ RECIPES = {
                             dict(labels_path="default", max_train=2000, epochs=2.0)),
     "pool2000+labels,prompt": ("2,000 pool rows + our labelled rows x2, reads prompt + response, argmax",
                                dict(labels_path="default", max_train=2000, with_prompt=True)),
+    "pool-full+labels,x1": ("the whole training pool + our labelled rows once, argmax (a one-off run)",
+                            dict(labels_path="default", max_train=None, labels_repeats=1)),
+    "smollm2,pool2000+labels,x1": ("the default recipe on the embedded SmolLM2-135M-Instruct with a 2-way head",
+                                   dict(labels_path="default", max_train=2000, labels_repeats=1, base_model=EMBEDDED)),
 }
 
 
@@ -64,6 +70,10 @@ def cmd_train(args) -> None:
         Path(NO_HARD_NEG).write_text("\n".join(rows) + "\n")
     if args.validation:
         overrides["validation_path"] = args.validation
+    if overrides.get("base_model") == EMBEDDED:
+        from safeedit.lm.loading import DEFAULT_MODEL, local_folder_for, resolve_model_source
+
+        overrides["base_model"] = local_folder_for(resolve_model_source(DEFAULT_MODEL))
     cfg = JudgeTrainConfig(**overrides)
     t0 = time.perf_counter()
     report = train_judge(Path(args.out) / args.name, cfg, progress=False)

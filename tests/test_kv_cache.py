@@ -77,3 +77,41 @@ def test_sliding_window_layers_are_left_to_transformers():
     cache = reserved_cache(model, 16)
     kinds = {type(layer).__name__ for layer in cache.layers}
     assert "ReservedLayer" in kinds and kinds - {"ReservedLayer"}, kinds
+
+
+def test_keep_cuts_back_in_place_and_later_updates_write_after():
+    layer = ReservedLayer(capacity=10)
+    k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    layer.update(k, v)
+    buffer = layer.keys.data_ptr()
+    layer.keep(3)
+    assert layer.get_seq_length() == 3
+    k2, v2 = torch.randn(2, 3, 2, 4), torch.randn(2, 3, 2, 4)
+    keys, values = layer.update(k2, v2)
+    assert torch.equal(keys, torch.cat([k[:, :, :3], k2], dim=2))
+    assert torch.equal(values, torch.cat([v[:, :, :3], v2], dim=2))
+    assert keys.data_ptr() == buffer  # the same reserved room, no new allocation
+    layer.keep(0)
+    assert layer.get_seq_length() == 0
+    assert torch.equal(layer.update(k2, v2)[0], k2)
+    with pytest.raises(ValueError, match="cannot keep 5"):
+        layer.keep(5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_a_cache_reserves_all_its_layers_in_one_block(family):
+    """The reserved layers' buffers are slices of one allocation (freed whole with the cache); a
+    layer that outgrows its capacity gets its own buffer and keeps its numbers."""
+    model, tok = tiny_model(family), tiny_tokenizer()
+    cache = reserved_cache(model, 12)
+    ids = tok(["w1 w2 w3 w4 w5"], return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    reserved = [layer for layer in cache.layers if isinstance(layer, ReservedLayer)]
+    storages = {layer.keys.untyped_storage().data_ptr() for layer in reserved}
+    storages |= {layer.values.untyped_storage().data_ptr() for layer in reserved}
+    assert len(storages) == 1
+    first = reserved[0].keys.clone()
+    reserved[0].update(torch.randn(1, first.shape[1], 20, first.shape[-1]), torch.randn(1, first.shape[1], 20, first.shape[-1]))
+    assert reserved[0].keys.untyped_storage().data_ptr() not in storages  # outgrown: a buffer of its own
+    assert torch.equal(reserved[0].keys[:, :, :first.shape[2]], first)

@@ -50,20 +50,20 @@ from safeedit.data import EVAL_KEYS, load_safeedit
 from safeedit.data.splits import question_overlap
 from safeedit.errors import ConfigError, DataError, RunFailedError, UserError
 from safeedit.lm import generate, load_model, use_chat_template
-from safeedit.lm.generation import encode_prompts, token_budget_batches
+from safeedit.lm.generation import GenerationStats
+from safeedit.lm.heap import release_free_memory
 from safeedit.lm.loading import DEFAULT_MODEL
 from safeedit.paths import cache_dir, general_data_path
 
 RUN_FORMAT = 2
 
 
-#: padded tokens (rows x (longest prompt + new tokens)) of one post-edit decode batch under prefix
-#: reuse, which bounds the batch's KV cache (~46 KiB a token for SmolLM2-135M in float32, so ~740 MiB)
-#: and the prefix states alive beside it. Rows are sorted by length first, so SafeEdit's ~1,000-token
-#: jailbreak prompts decode ~15 at a time and the short questions together. Measured on the 2-core CPU
-#: (DINM, 8 sample instances, 64 new tokens; edit + post-edit + judge s/instance, peak RSS / after load,
-#: groups of 8): 16,384 tokens 9.7 s, 2.38x; 6,144 tokens 11.9 s, 1.54x; the earlier fixed 20-row waves
-#: (groups of 4) 10.3-11.1 s, 2.4-2.8x. ``--decode-tokens`` sets it per run.
+#: padded tokens (rows x (longest prompt + new tokens)) of one batch under prefix reuse, which bounds
+#: the batch's one KV cache (~45 KiB a token for SmolLM2-135M in float32, so ~720 MiB). Rows are
+#: sorted by length first, so SafeEdit's ~1,000-token jailbreak prompts decode ~15 at a time and the
+#: short questions together. Measured on the 2-core CPU (DINM, 8 sample instances, groups of 8, 64 new
+#: tokens; edit + post-edit + judge s/instance, peak RSS / after load): 16,384 tokens 8.9 s, 1.83x;
+#: 8,192 tokens 11.6 s, 1.56x (benchmarks/bench_speed.py). ``--decode-tokens`` sets it per run.
 REUSE_DECODE_TOKENS = 16384
 
 
@@ -110,12 +110,12 @@ class BenchConfig:
     #: grouped editors: generate each group's pre-edit answers in the group's pass and let its post-edit
     #: prompts reuse that unedited prefill below the edited layer (``safeedit.lm.prefix``); pays only
     #: for pre-edit answers not yet in the generation cache. Results equal the plain path up to float
-    #: rounding. None: on when the model runs on a CPU, where prefill is compute-bound (2.1x faster
-    #: post-edit generation, benchmarks/bench_speed.py), off on a GPU, where prefill is cheap and the
-    #: reuse's bookkeeping costs more than it saves (benchmarks/gpu_check.sh)
+    #: rounding. None: on when the model runs on a CPU, where prefill is compute-bound (post-edit
+    #: generation 5.3 s instead of 22.7 s per instance, benchmarks/bench_speed.py), off on a GPU, where
+    #: prefill is cheap and the reuse's bookkeeping costs more than it saves (benchmarks/gpu_check.sh)
     prefix_reuse: bool | None = None
-    #: prefix reuse: padded tokens (rows x (longest prompt + new tokens)) of one post-edit decode
-    #: batch, i.e. its KV cache; lower it on a memory-tight machine (see ``REUSE_DECODE_TOKENS``)
+    #: prefix reuse: padded tokens (rows x (longest prompt + new tokens)) of one batch, i.e. its KV
+    #: cache; lower it on a memory-tight machine (see ``REUSE_DECODE_TOKENS``)
     decode_tokens: int = REUSE_DECODE_TOKENS
     #: ``auto``: let accelerate place a model larger than one GPU over all visible GPUs
     device_map: str | None = None
@@ -439,6 +439,7 @@ class BenchRun:
         t0 = time.perf_counter()
         inputs = [inst.eval_inputs() for inst in insts]
         group = method.group_edit(model, tok, insts, chat=gen["chat"])
+        release_free_memory()  # the edit's logits and gradients, before the generation's caches
         t1 = time.perf_counter()
         pre_prompts = [v for inp in inputs for v in inp.values()]
         prompts = [method.eval_prompt(v) for v in pre_prompts]
@@ -468,15 +469,15 @@ class BenchRun:
 
     def _post_reusing_prefix(self, model, tok, group, pre_prompts, prompts, owners, cache, gen) -> tuple[list[str], float]:
         """Post-edit answers of a group, and the seconds spent on pre-edit answers. Pre-edit prompts not
-        yet answered are answered here, and their unedited prefill below the edited layer serves the
-        post-edit prompts (``safeedit.lm.prefix``).
+        yet answered are answered here, in one pass with their post-edit prompts: the unedited prefill
+        of the tokens the two share serves both, and the layers below the edit run over them once
+        (``safeedit.lm.prefix.generate_before_and_after``).
 
-        The group's rows go in waves of at most ``decode_tokens`` padded tokens, rows of similar
-        length together: a wave's distinct pre-edit prompts are prefilled in length-sorted batches of
-        ``batch_size`` (prefill is compute-bound, so padding costs), then its post-edit rows decode in one
-        batch (a CPU decode step reads every weight once whatever the batch, so a row's share falls as
-        the batch grows), and its prefix states are freed before the next wave."""
-        from safeedit.lm.prefix import generate_capturing_prefix, generate_from_prefix
+        Rows go in batches of at most ``decode_tokens`` padded tokens, rows of similar length
+        together; a batch holds one KV cache, which the pre-edit answers decode in and the post-edit
+        answers then reuse (a CPU decode step reads every weight once whatever the batch, so a row's
+        share falls as the batch grows)."""
+        from safeedit.lm.prefix import generate_before_and_after
 
         texts: list[str | None] = [None] * len(prompts)
         known = dict(zip(pre_prompts, cache.lookup(pre_prompts)))
@@ -486,36 +487,18 @@ class BenchRun:
                            row_context=lambda idx: group.rows([owners[plain[j]] for j in idx]))
             for i, t in zip(plain, out):
                 texts[i] = t
-        step, pre_s = gen["batch_size"], 0.0
-        rows = [i for i in range(len(prompts)) if texts[i] is None]
-        lengths = [len(ids) for ids in encode_prompts(tok, [prompts[i] for i in rows], gen["chat"], None, 10**9)[0]]
-        for members in token_budget_batches(lengths, self.config.decode_tokens, extra=gen["max_new_tokens"]):
-            wave = [rows[j] for j in members]
-            # each distinct unanswered pre-edit prompt once (inputs repeat across instances, e.g. DG_onlyQ)
-            fresh = sorted({pre_prompts[i] for i in wave if known[pre_prompts[i]] is None}, key=lambda p: (len(p), p))
-            state_of: dict[str, Any] = {}
-            for b in range(0, len(fresh), step):
-                unique = fresh[b:b + step]
-                t0 = time.perf_counter()
-                answers, states = generate_capturing_prefix(model, tok, unique, layer=group.lowest_changed_layer,
-                                                            max_new_tokens=gen["max_new_tokens"], chat=gen["chat"],
-                                                            batch_size=step)
-                pre_s += time.perf_counter() - t0
-                for p, a in zip(unique, answers):
-                    cache.add(p, a)
-                    known[p] = a
-                state_of.update(zip(unique, states))
-            # a prompt answered by an earlier wave has no state left: generate_from_prefix takes the
-            # plain path for it (rare: only inputs shared across instances, such as DG_onlyQ)
-            states = [state_of.get(pre_prompts[i]) for i in wave]
-            del state_of  # generate_from_prefix frees each state once its batch holds it
-            out = generate_from_prefix(model, tok, [prompts[i] for i in wave], states,
-                                       max_new_tokens=gen["max_new_tokens"], chat=gen["chat"],
-                                       batch_size=max(step, len(wave)), release_states=True,
-                                       row_context=lambda idx, wave=wave: group.rows([owners[wave[j]] for j in idx]))
-            for i, t in zip(wave, out):
-                texts[i] = t
-        return texts, pre_s  # type: ignore[return-value]
+        fresh = [i for i in range(len(prompts)) if texts[i] is None]
+        stats = GenerationStats()
+        before, after = generate_before_and_after(
+            model, tok, [pre_prompts[i] for i in fresh], [prompts[i] for i in fresh],
+            layer=group.lowest_changed_layer, edited=lambda idx: group.rows([owners[fresh[j]] for j in idx]),
+            max_new_tokens=gen["max_new_tokens"], chat=gen["chat"], batch_tokens=self.config.decode_tokens, stats=stats)
+        for i, pre_answer, post_answer in zip(fresh, before, after):
+            texts[i] = post_answer
+            if known[pre_prompts[i]] is None:  # a prompt repeated in the group is answered alike by each row
+                cache.add(pre_prompts[i], pre_answer)
+                known[pre_prompts[i]] = pre_answer
+        return texts, stats.pre_edit_s  # type: ignore[return-value]
 
     def _one_edit(self, model, tok, method, inst, cache, gen, judge, fingerprint, general=None) -> dict[str, Any]:
         """Evaluate one instance before and after its edit; ``general`` also scores KQA/CSum while edited."""

@@ -105,9 +105,9 @@ def register(sub) -> None:
                         "prefill below the edited layer for the post-edit prompts (default: on for a CPU, off for a "
                         "GPU; results equal up to float rounding)")
     b.add_argument("--decode-tokens", type=int, default=None,
-                   help="prefix reuse: padded tokens of one post-edit decode batch (rows x (longest prompt + new "
-                        "tokens)), which bounds its KV cache; lower it on a memory-tight machine (default 16384, "
-                        "~740 MB for SmolLM2-135M in float32)")
+                   help="prefix reuse: padded tokens of one batch (rows x (longest prompt + new tokens)), which "
+                        "bounds its KV cache; lower it on a memory-tight machine (default 16384, ~720 MiB for "
+                        "SmolLM2-135M in float32)")
     b.add_argument("--device-map", default=None,
                    help="'auto': spread a model too large for one GPU over all visible GPUs (accelerate)")
     b.set_defaults(func=cmd_bench)

@@ -30,6 +30,9 @@ class GenerationStats:
     truncated: list[int] = field(default_factory=list)  # prompt indices cut from the left
     new_tokens: int = 0
     reused_tokens: int = 0  # prompt tokens served from a prefix state (``safeedit.lm.prefix``)
+    # ``safeedit.lm.prefix.generate_before_and_after``: the pre-edit share of the time and of new_tokens
+    pre_edit_s: float = 0.0
+    pre_edit_tokens: int = 0
 
 
 def warn_truncated(n_cut: int, n_prompts: int, max_prompt: int, indices: list[int]) -> None:

@@ -1,22 +1,24 @@
-"""Prefix reuse: post-edit generation that starts from the unedited model's prefill below the edit.
+"""Prefix reuse: pre- and post-edit answers from one prefill, the layers below the edit run once.
 
 An edit confined to layers >= L (DINM: W_V of the toxic layer L) leaves the hidden states entering
 layer L, and the attention keys/values of layers 0..L-1, unchanged for every token. The post-edit
-prompt is the pre-edit prompt plus a suffix (DINM's), so the two share a long token prefix. So:
+prompt is the pre-edit prompt plus a suffix (DINM's), so the two share a long token prefix.
+:func:`generate_before_and_after` answers both prompts of each pair in one pass per batch:
 
-1. :func:`generate_capturing_prefix` answers the pre-edit prompts with the *unedited* model like
-   :func:`safeedit.lm.generate`, and keeps, for each prompt, what its prefill computed below L:
-   the keys/values of layers 0..L-1 and the hidden states entering layer L (:class:`PrefixState`).
-2. :func:`generate_from_prefix` answers the post-edit prompts with the *edited* model (in place,
-   or per row under a ``row_context``): for the tokens a prompt shares with its pre-edit prompt it
-   runs only layers >= L, from the kept hidden states, and takes layers < L's keys/values from the
-   kept state; the remaining tokens (the suffix) and the new tokens run through the whole model.
+1. the *unedited* model prefills the pre-edit prompts, keeping the hidden states entering layer L
+   over the shared tokens, and decodes the pre-edit answers;
+2. the KV cache is cut back to the shared tokens: layers < L keep them as they are, layers >= L are
+   emptied and recomputed over them from the kept hidden states with the *edited* weights (in place,
+   or per row under ``edited``, e.g. :meth:`safeedit.methods.base.GroupEdit.rows`);
+3. the post-edit prompts' own tokens (the suffix) run through the whole model and the post-edit
+   answers decode in the same cache.
 
-For an edit at the last layer this removes nearly all of the post-edit prefill. The saving exists
-only when the pre-edit answers are generated in the same pass; answers already in a generation
-cache have no prefill to share, and those prompts take the plain path. Results equal plain
-generation up to float rounding (same tokens, same positions, same masks; a test checks the keys/values
-against a plain prefill and the greedy answers against :func:`safeedit.lm.generate`).
+For an edit at the last layer this removes nearly all of the post-edit prefill, and a batch holds
+one KV cache, not a pre-edit state beside a post-edit cache. The saving exists only when the
+pre-edit answers are generated in the same pass; answers already in a generation cache have no
+prefill to share, and callers take the plain path for them. Results equal plain generation up to
+float rounding (same tokens, same positions, same masks; tests check the greedy answers of both
+sides against :func:`safeedit.lm.generate`).
 
 Only models whose KV cache is one plain full-attention layer per decoder layer are supported
 (Llama, Mistral without a sliding window in use, Qwen2, SmolLM2, ...); :func:`supports_prefix_reuse` says
@@ -25,8 +27,7 @@ so, and callers fall back to plain generation otherwise.
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+import time
 from typing import Callable, ContextManager
 
 import torch
@@ -40,22 +41,12 @@ from safeedit.lm.generation import (
     encode_for_generation,
     generate,
     generation_config,
-    left_pad,
     prefill_chunk,
+    token_budget_batches,
 )
+from safeedit.lm.heap import release_free_memory
 from safeedit.lm.kv_cache import reserved_cache
 from safeedit.lm.layer_bypass import layer_returns_tuple, run_from_layer
-
-
-@dataclass
-class PrefixState:
-    """What the unedited prefill of one prompt computed below layer ``layer``."""
-
-    ids: list[int]  # the prefilled token ids (the formatted prompt minus its last token)
-    layer: int
-    keys: list[torch.Tensor]  # per layer < ``layer``: [kv_heads, len(ids), head_dim]
-    values: list[torch.Tensor]
-    hidden: torch.Tensor  # [len(ids), hidden]: the input of layer ``layer``
 
 
 def supports_prefix_reuse(model) -> bool:
@@ -79,75 +70,6 @@ def _encode(model, tokenizer, prompts, chat, max_new_tokens, stats):
     return encode_for_generation(model, tokenizer, prompts, chat, max_new_tokens, stats=stats, min_prompt=2)
 
 
-def _decode_new(tokenizer, output, width, batch, answers, stats, pad_id):
-    new = output[:, width:]
-    for row, index in enumerate(batch):
-        answers[index] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
-        if stats is not None:
-            stats.new_tokens += int((new[row] != pad_id).sum())
-
-
-def generate_capturing_prefix(model, tokenizer, prompts: list[str], *, layer: int, max_new_tokens: int = 128,
-                              chat: bool | None = None, batch_size: int = 8,
-                              stats: GenerationStats | None = None) -> tuple[list[str], list[PrefixState]]:
-    """Greedy answers of the (unedited) model, and each prompt's :class:`PrefixState` below ``layer``."""
-    chat = use_chat_template(tokenizer, chat)
-    layers = resolve_architecture(model).decoder_layers(model)
-    if not 0 < layer < len(layers):
-        raise ConfigError(f"prefix reuse needs an edit layer in 1..{len(layers) - 1}, got {layer}")
-    encoded = _encode(model, tokenizer, prompts, chat, max_new_tokens, stats)
-    config = generation_config(model, tokenizer, max_new_tokens)
-    pad_id = config.pad_token_id
-    device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    answers: list[str] = [""] * len(prompts)
-    states: list[PrefixState | None] = [None] * len(prompts)  # None: a one-token prompt, nothing to keep
-    seen: list[torch.Tensor] = []  # layer ``layer``'s input, one tensor per prefill chunk
-
-    def grab(_module, args, kwargs):
-        seen.append(kwargs.get("hidden_states", args[0] if args else None))
-
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            ids, attention = left_pad([encoded[i] for i in batch], pad_id, device)
-            width = ids.shape[1]
-            if width < 2:  # one-token prompts: nothing to prefill before the token generate feeds
-                output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config)
-                _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
-                continue
-            cache = reserved_cache(model, width + max_new_tokens)
-            handle = layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
-            positions = _positions(attention)
-            seen.clear()
-            try:  # prefill all but the last token (in chunks); generate feeds that one and decodes
-                step = prefill_chunk(len(batch))
-                for lo in range(0, width - 1, step):
-                    hi = min(width - 1, lo + step)
-                    model(input_ids=ids[:, lo:hi], attention_mask=attention[:, :hi], position_ids=positions[:, lo:hi],
-                          use_cache=True, **keep_last_logits(model), **{cache_arg(model): cache})
-            finally:
-                handle.remove()
-            hidden_in = torch.cat(seen, dim=1)
-            seen.clear()
-            for row, index in enumerate(batch):
-                n = len(encoded[index]) - 1
-                if n == 0:
-                    continue
-                lo = width - 1 - n
-                # views, not copies: the cache reserved room for the answer, so decoding below writes
-                # only later columns; a layer's buffer is freed once every row's view of it is dropped
-                states[index] = PrefixState(
-                    ids=list(encoded[index][:-1]), layer=layer,
-                    keys=[cache.layers[li].keys[row, :, lo:width - 1] for li in range(layer)],
-                    values=[cache.layers[li].values[row, :, lo:width - 1] for li in range(layer)],
-                    hidden=hidden_in[row, lo:].clone())
-            output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
-                                    **{cache_arg(model): cache})
-            _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
-    return answers, states  # type: ignore[return-value]
-
-
 def _shared(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -157,100 +79,163 @@ def _shared(a: list[int], b: list[int]) -> int:
     return n
 
 
-def generate_from_prefix(model, tokenizer, prompts: list[str], states: list[PrefixState | None], *,
-                         max_new_tokens: int = 128, chat: bool | None = None, batch_size: int = 8,
-                         stats: GenerationStats | None = None,
-                         row_context: Callable[[list[int]], ContextManager] | None = None,
-                         min_shared: float = 0.5, release_states: bool = False) -> list[str]:
-    """Greedy answers of the edited model, reusing ``states[i]`` (from the unedited model) for prompt i.
+def generate_before_and_after(model, tokenizer, pre_prompts: list[str], post_prompts: list[str], *, layer: int,
+                              edited: Callable[[list[int]], ContextManager], max_new_tokens: int = 128,
+                              chat: bool | None = None, batch_tokens: int = 16384,
+                              stats: GenerationStats | None = None,
+                              min_shared: float = 0.5) -> tuple[list[str], list[str]]:
+    """Greedy answers to ``pre_prompts[i]`` by the unedited model and to ``post_prompts[i]`` under
+    ``edited([i, ...])`` (an edit that changes nothing below ``layer``), sharing one prefill and one
+    KV cache per batch.
 
-    The edit must change nothing below ``states[i].layer``. ``row_context`` as in :func:`generate`.
-    A prompt that shares less than ``min_shared`` of its tokens with its state (or has no state) is
-    answered by plain generation, so it cannot shrink the reusable width of a whole batch.
-    ``stats.reused_tokens`` counts the prompt tokens that skipped the layers below the edit.
-    ``release_states``: set ``states[i]`` to None once its batch has copied it, so the kept states and
-    the batch's cache are not both alive (the caller must hold no other reference to free memory).
+    A batch (rows sorted by length, at most ``batch_tokens`` padded tokens, see
+    :func:`safeedit.lm.generation.token_budget_batches`) is prefilled once by the unedited model,
+    keeping the hidden states entering ``layer`` for the tokens each pair shares; the pre-edit answers
+    decode in that cache; then the cache is cut back to the shared tokens, layers >= ``layer`` are
+    recomputed over them from the kept hidden states under the edit, and the post-edit answers
+    decode in the same cache. So the shared tokens pass the layers below the edit once, and a batch
+    never holds more than its one cache.
+
+    Columns: each row's shared tokens end at one column C (left padding before them); its remaining
+    tokens (pre- or post-edit) follow, padded on their left, so a row may have masked columns inside
+    it. Positions count only real tokens, as for left padding, so the answers equal plain generation
+    up to float rounding. A pair that shares less than ``min_shared`` of its post-edit tokens is
+    answered by plain generation. ``stats.reused_tokens`` counts the shared tokens.
     """
-    from contextlib import nullcontext
-
-    if len(states) != len(prompts):
-        raise ConfigError(f"{len(prompts)} prompts but {len(states)} prefix states")
-    if not prompts:
-        return []
+    if len(pre_prompts) != len(post_prompts):
+        raise ConfigError(f"{len(pre_prompts)} pre-edit prompts but {len(post_prompts)} post-edit prompts")
+    if not pre_prompts:
+        return [], []
     chat = use_chat_template(tokenizer, chat)
     layers = resolve_architecture(model).decoder_layers(model)
-    kept = {s.layer for s in states if s is not None}
-    if len(kept) > 1:
-        raise ConfigError("prefix states of one call must share their layer")
-    encoded = _encode(model, tokenizer, prompts, chat, max_new_tokens, stats)
-    # reusable tokens per prompt: shared with its state, and at least one token left to feed
-    shared = [0 if st is None else min(_shared(ids, st.ids), len(ids) - 1) for ids, st in zip(encoded, states)]
-    answers: list[str] = [""] * len(prompts)
-    plain = [i for i in range(len(prompts)) if shared[i] < max(1.0, min_shared * len(encoded[i]))]
+    if not 0 < layer < len(layers):
+        raise ConfigError(f"prefix reuse needs an edit layer in 1..{len(layers) - 1}, got {layer}")
+    if not supports_prefix_reuse(model):
+        raise ConfigError(f"prefix reuse needs one full-attention KV cache layer per decoder layer; "
+                          f"{type(model).__name__} has others (use plain generation)")
+    pre_ids = _encode(model, tokenizer, pre_prompts, chat, max_new_tokens, stats)
+    post_ids = _encode(model, tokenizer, post_prompts, chat, max_new_tokens, stats)
+    # shared tokens of a pair, leaving each side at least one token of its own to feed after the cut
+    shared = [min(_shared(a, b), len(a) - 1, len(b) - 1) for a, b in zip(pre_ids, post_ids)]
+    n = len(pre_prompts)
+    pre_answers, post_answers = [""] * n, [""] * n
+    plain = [i for i in range(n) if shared[i] < max(1.0, min_shared * len(post_ids[i]))]
     if plain:
-        out = generate(model, tokenizer, [prompts[i] for i in plain], max_new_tokens=max_new_tokens, chat=chat,
-                       batch_size=batch_size, stats=stats,
-                       row_context=None if row_context is None else lambda idx: row_context([plain[j] for j in idx]))
+        gen = dict(max_new_tokens=max_new_tokens, chat=chat, batch_size=8, stats=stats)
+        started, before = time.perf_counter(), stats.new_tokens if stats is not None else 0
+        for i, text in zip(plain, generate(model, tokenizer, [pre_prompts[i] for i in plain], **gen)):
+            pre_answers[i] = text
+        if stats is not None:
+            stats.pre_edit_s += time.perf_counter() - started
+            stats.pre_edit_tokens += stats.new_tokens - before
+        out = generate(model, tokenizer, [post_prompts[i] for i in plain], **gen,
+                       row_context=lambda idx: edited([plain[j] for j in idx]))
         for i, text in zip(plain, out):
-            answers[i] = text
-    reuse = sorted(set(range(len(prompts))) - set(plain), key=lambda i: len(encoded[i]))
-    if not reuse:
-        return answers
-    layer = kept.pop()
+            post_answers[i] = text
+    rows = sorted(set(range(n)) - set(plain))
+    width = [max(len(pre_ids[i]), len(post_ids[i])) for i in rows]
+    returns_tuple = _probe_tuple(model, layers)  # outside any edit: a one-row probe
+    with torch.inference_mode():
+        for members in token_budget_batches(width, batch_tokens, extra=max_new_tokens):
+            batch = [rows[j] for j in members]
+            pre_out, post_out = _before_and_after(model, tokenizer, layers, layer, [pre_ids[i] for i in batch],
+                                                  [post_ids[i] for i in batch], [shared[i] for i in batch],
+                                                  lambda batch=batch: edited(batch), returns_tuple,
+                                                  max_new_tokens, stats)
+            for i, a, b in zip(batch, pre_out, post_out):
+                pre_answers[i], post_answers[i] = a, b
+    return pre_answers, post_answers
+
+
+def _split_layout(ids: list[list[int]], shared: list[int], pad_id: int, device):
+    """Ids and mask with each row's first ``shared`` tokens ending at one column and its other
+    tokens ending at the last column (padding before each part); also that column."""
+    cut = max(shared)
+    tail = max(len(x) - s for x, s in zip(ids, shared))
+    out = torch.full((len(ids), cut + tail), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(out)
+    for row, (x, s) in enumerate(zip(ids, shared)):
+        out[row, cut - s:cut] = torch.tensor(x[:s], dtype=torch.long)
+        out[row, cut + tail - (len(x) - s):] = torch.tensor(x[s:], dtype=torch.long)
+        mask[row, cut - s:cut] = 1
+        mask[row, cut + tail - (len(x) - s):] = 1
+    return out.to(device), mask.to(device), cut
+
+
+def _before_and_after(model, tokenizer, layers, layer, pre_ids, post_ids, shared, edited, returns_tuple,
+                      max_new_tokens, stats):
+    """One batch of :func:`generate_before_and_after`: the pre-edit and post-edit answers."""
+    import copy
+
+    started = time.perf_counter()
     config = generation_config(model, tokenizer, max_new_tokens)
     pad_id = config.pad_token_id
     device = next(model.parameters()).device
-    returns_tuple = _probe_tuple(model, layers)  # outside any row context: a one-row probe
-    pending = Counter(id(states[i]) for i in reuse) if release_states else Counter()  # batches still to read each state
-    with torch.inference_mode():
-        for start in range(0, len(reuse), batch_size):
-            batch = reuse[start:start + batch_size]
-            ids, attention = left_pad([encoded[i] for i in batch], pad_id, device)
-            width = ids.shape[1]
-            first = [width - len(encoded[i]) for i in batch]  # column of each row's first token
-            cached = min(f + shared[i] for f, i in zip(first, batch))  # one cache width for the batch
-            if stats is not None:
-                stats.reused_tokens += sum(max(0, cached - f) for f in first)
-            with row_context(batch) if row_context is not None else nullcontext():
-                cache = reserved_cache(model, width + max_new_tokens)
-                # one pass, not chunked: layers below L are bypassed and hold nothing yet, and transformers
-                # sizes the attention mask from the first layer's cache
-                hidden = _gather([states[i].hidden for i in batch], first, cached)
-                with run_from_layer(layers, layer, lambda: hidden, returns_tuple):
-                    model(input_ids=ids[:, :cached], attention_mask=attention[:, :cached],
-                          position_ids=_positions(attention[:, :cached]), use_cache=True, **keep_last_logits(model),
-                          **{cache_arg(model): cache})
-                # a state may serve several rows (a repeated prompt): free it after its last batch only
-                last_use = set()
-                if release_states:
-                    pending.subtract(id(states[i]) for i in batch)
-                    last_use = {id(states[i]) for i in batch if pending[id(states[i])] == 0}
-                for li in range(layer):  # layers below the edit: the unedited keys/values
-                    cache.layers[li].update(_gather([states[i].keys[li] for i in batch], first, cached, dim=1),
-                                            _gather([states[i].values[li] for i in batch], first, cached, dim=1))
-                    for i in batch:  # layer by layer, so the states and the cache are never both whole
-                        if id(states[i]) in last_use:
-                            states[i].keys[li] = states[i].values[li] = None
-                if release_states:
-                    for i in batch:
-                        states[i] = None
-                output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
-                                        **{cache_arg(model): cache})
-            _decode_new(tokenizer, output, width, batch, answers, stats, pad_id)
-    return answers
+    pre, pre_mask, cut = _split_layout(pre_ids, shared, pad_id, device)
+    post, post_mask, _ = _split_layout(post_ids, shared, pad_id, device)
+    if stats is not None:
+        stats.reused_tokens += sum(shared)
+    release_free_memory()  # the previous batch's cache and activations, before this batch's cache
+    cache = reserved_cache(model, max(pre.shape[1], post.shape[1]) + max_new_tokens)
+    step = prefill_chunk(len(pre_ids))
+    kept: list[torch.Tensor] = []  # layer ``layer``'s input over the shared columns, chunk by chunk
+    span = {}
+
+    def grab(_module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        lo, hi = span["lo"], min(span["hi"], cut)
+        if lo < hi:
+            kept.append(hidden[:, :hi - lo])
+
+    # 1. the unedited prefill of all but the last pre-edit column, in chunks; then the pre-edit answers
+    positions = _positions(pre_mask)
+    handle = layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for lo in range(0, pre.shape[1] - 1, step):
+            span["lo"], span["hi"] = lo, min(pre.shape[1] - 1, lo + step)
+            model(input_ids=pre[:, lo:span["hi"]], attention_mask=pre_mask[:, :span["hi"]],
+                  position_ids=positions[:, lo:span["hi"]], use_cache=True, **keep_last_logits(model),
+                  **{cache_arg(model): cache})
+    finally:
+        handle.remove()
+    hidden = torch.cat(kept, dim=1)
+    kept.clear()
+    output = model.generate(input_ids=pre, attention_mask=pre_mask, generation_config=config,
+                            **{cache_arg(model): cache})
+    before = stats.new_tokens if stats is not None else 0
+    pre_answers = _decode_rows(tokenizer, output[:, pre.shape[1]:], pad_id, stats)
+    del output
+    if stats is not None:
+        stats.pre_edit_s += time.perf_counter() - started
+        stats.pre_edit_tokens += stats.new_tokens - before
+
+    # 2. back to the shared columns: layers below the edit keep them (the edit does not change them),
+    # layers >= the edit are emptied and recomputed from the kept hidden states under the edit
+    for li, cache_layer in enumerate(cache.layers):
+        cache_layer.keep(cut if li < layer else 0)
+    # a view of the cache whose layers below the edit (bypassed, never written) stand for layer
+    # ``layer``: transformers sizes masks and positions from layer 0's length, which must be the
+    # recomputed length here
+    upper = copy.copy(cache)
+    upper.layers = [cache.layers[layer]] * layer + list(cache.layers[layer:])
+    positions = _positions(post_mask)
+    with edited():
+        for lo in range(0, cut, step):
+            hi = min(cut, lo + step)
+            with run_from_layer(layers, layer, lambda lo=lo, hi=hi, h=hidden: h[:, lo:hi], returns_tuple):
+                model(input_ids=post[:, lo:hi], attention_mask=post_mask[:, :hi], position_ids=positions[:, lo:hi],
+                      use_cache=True, **keep_last_logits(model), **{cache_arg(model): upper})
+        del hidden, upper
+        # 3. the post-edit answers: their own tokens run through every layer, then decoding
+        output = model.generate(input_ids=post, attention_mask=post_mask, generation_config=config,
+                                **{cache_arg(model): cache})
+    return pre_answers, _decode_rows(tokenizer, output[:, post.shape[1]:], pad_id, stats)
 
 
-def _gather(rows: list[torch.Tensor], first: list[int], width: int, dim: int = 0) -> torch.Tensor:
-    """Stack per-row tensors into ``width`` left-padded columns (zeros where a row has padding)."""
-    ref = rows[0]
-    shape = list(ref.shape)
-    shape[dim] = width
-    out = ref.new_zeros([len(rows), *shape])
-    for r, (x, col) in enumerate(zip(rows, first)):
-        take = width - col  # this row's real tokens inside the cached columns
-        if take > 0:
-            out[r].narrow(dim, col, take).copy_(x.narrow(dim, 0, take))
-    return out
+def _decode_rows(tokenizer, new: torch.Tensor, pad_id: int, stats) -> list[str]:
+    if stats is not None:
+        stats.new_tokens += int((new != pad_id).sum())
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
 def _probe_tuple(model, layers) -> bool:
@@ -260,4 +245,4 @@ def _probe_tuple(model, layers) -> bool:
             input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False))
 
 
-__all__ = ["PrefixState", "generate_capturing_prefix", "generate_from_prefix", "supports_prefix_reuse"]
+__all__ = ["generate_before_and_after", "supports_prefix_reuse"]
