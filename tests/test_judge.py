@@ -489,3 +489,53 @@ def test_cli_eval_on_tiny_judge(tmp_path, tiny_dir, capsys):
     assert main(["judge", "eval", "--judge", str(tiny_dir), "--validation", str(tmp_path / "nope.jsonl"),
                  "--no-held-out"]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_a_killed_training_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, tiny_dir, monkeypatch):
+    """A run killed after a checkpoint resumes there (same recipe, same folder) and ends with the
+    weights of an uninterrupted run; the checkpoint is gone once the judge is saved; a checkpoint of
+    another recipe is ignored."""
+    from safetensors.torch import load_file
+
+    from safeedit.judge import train as jtrain
+
+    data = write_tiny_jsonl(tmp_path / "train.jsonl", n=40)
+    opts = dict(data_path=data, safeedit_path=None, labels_path=None, base_model=tiny_dir, max_train=None,
+                max_length=16, batch_size=4, epochs=2, test_fraction=0.3, progress=False, score=False,
+                checkpoint_steps=3)
+    whole = tmp_path / "whole"
+    train_judge(whole, log=lambda m: None, **opts)
+    assert not jtrain.checkpoint_path(whole).exists()
+
+    save = jtrain._save_checkpoint
+    saved = []
+
+    def save_then_die(path, state):
+        save(path, state)
+        saved.append(state["step"])
+        if len(saved) == 2:
+            raise KeyboardInterrupt  # killed right after its second checkpoint
+
+    monkeypatch.setattr(jtrain, "_save_checkpoint", save_then_die)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train_judge(out, log=lambda m: None, **opts)
+    assert saved == [3, 6] and jtrain.checkpoint_path(out).is_file() and not out.exists()
+    monkeypatch.setattr(jtrain, "_save_checkpoint", save)
+    logs = []
+    train_judge(out, log=logs.append, **opts)
+    assert any("resuming judge training" in m and "at step 6 of" in m for m in logs)
+    assert not jtrain.checkpoint_path(out).exists()
+    a, b = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # a checkpoint left by another recipe is not used
+    other = tmp_path / "other"
+    monkeypatch.setattr(jtrain, "_save_checkpoint", save_then_die)
+    saved.clear()
+    with pytest.raises(KeyboardInterrupt):
+        train_judge(other, log=lambda m: None, **opts)
+    monkeypatch.setattr(jtrain, "_save_checkpoint", save)
+    logs.clear()
+    train_judge(other, log=logs.append, **{**opts, "lr": 5e-5})
+    assert any("another recipe" in m for m in logs) and not any("resuming" in m for m in logs)

@@ -26,7 +26,7 @@ def cmd_train(args) -> int:
         epochs=args.epochs, max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         test_fraction=args.test_fraction, calib_fraction=args.calib_fraction,
         max_eval_per_source=args.max_eval_per_source or None, base_model=args.base_model)
-    train_judge(args.out, cfg, progress=not args.quiet)
+    train_judge(args.out, cfg, progress=not args.quiet, checkpoint_steps=args.checkpoint_steps or None)
     return 0
 
 
@@ -250,7 +250,7 @@ def cmd_compare(args) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from safeedit.judge.data import default_data_path, default_safeedit_path
     from safeedit.judge.model import default_judge_dir
-    from safeedit.judge.train import JudgeTrainConfig
+    from safeedit.judge.train import CHECKPOINT_STEPS, JudgeTrainConfig
 
     judge = sub.add_parser("judge", help="train, evaluate or run the safe/unsafe response judge")
     cmds = judge.add_subparsers(dest="judge_command", required=True)
@@ -293,6 +293,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--max-eval-per-source", type=int, default=JudgeTrainConfig.max_eval_per_source or 0,
                        help="held-out rows scored per source (0 = all)")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    train.add_argument("--checkpoint-steps", type=int, default=CHECKPOINT_STEPS,
+                       help="save the run's state every N steps beside --out; rerunning the same recipe into "
+                            "the same folder after a kill resumes there (0 = no checkpoints)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
