@@ -62,8 +62,9 @@ RUN_FORMAT = 2
 #: the batch's one KV cache (~45 KiB a token for SmolLM2-135M in float32, so ~720 MiB). Rows are
 #: sorted by length first, so SafeEdit's ~1,000-token jailbreak prompts decode ~15 at a time and the
 #: short questions together. Measured on the 2-core CPU (DINM, 8 sample instances, groups of 8, 64 new
-#: tokens; edit + post-edit + judge s/instance, peak RSS / after load): 16,384 tokens 8.9 s, 1.83x;
-#: 8,192 tokens 11.6 s, 1.56x (benchmarks/bench_speed.py). ``--decode-tokens`` sets it per run.
+#: tokens; edit + post-edit + judge s/instance, peak RSS / after load): 16,384 tokens 8.6 s, 1.86x;
+#: 8,192 tokens 11.6 s, 1.56x; 6,144 tokens 11.0 s, 1.42x (benchmarks/bench_speed.py; one at a time:
+#: 26.5 s, 1.43x). ``--decode-tokens`` sets it per run.
 REUSE_DECODE_TOKENS = 16384
 
 
@@ -111,7 +112,7 @@ class BenchConfig:
     #: prompts reuse that unedited prefill below the edited layer (``safeedit.lm.prefix``); pays only
     #: for pre-edit answers not yet in the generation cache. Results equal the plain path up to float
     #: rounding. None: on when the model runs on a CPU, where prefill is compute-bound (post-edit
-    #: generation 5.3 s instead of 22.7 s per instance, benchmarks/bench_speed.py), off on a GPU, where
+    #: generation 4.6 s instead of 20.5 s per instance, benchmarks/bench_speed.py), off on a GPU, where
     #: prefill is cheap and the reuse's bookkeeping costs more than it saves (benchmarks/gpu_check.sh)
     prefix_reuse: bool | None = None
     #: prefix reuse: padded tokens (rows x (longest prompt + new tokens)) of one batch, i.e. its KV

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class GenerationStats:
     truncated: list[int] = field(default_factory=list)  # prompt indices cut from the left
     new_tokens: int = 0
-    reused_tokens: int = 0  # prompt tokens served from a prefix state (``safeedit.lm.prefix``)
+    reused_tokens: int = 0  # prompt tokens a pre-/post-edit pair shared (``safeedit.lm.prefix``)
     # ``safeedit.lm.prefix.generate_before_and_after``: the pre-edit share of the time and of new_tokens
     pre_edit_s: float = 0.0
     pre_edit_tokens: int = 0

@@ -101,10 +101,10 @@ class ReservedLayer(DynamicLayer):
 
     def keep(self, positions: int) -> None:
         """Keep the first ``positions`` positions; later updates write after them, in the same buffer."""
-        if not self.is_initialized or self._filled() == 0:
-            return
         if positions > self._filled():
             raise ValueError(f"cannot keep {positions} positions of a layer holding {self._filled()}")
+        if not self.is_initialized or self._filled() == 0:
+            return
         self.keys = self.keys[:, :, :positions]
         self.values = self.values[:, :, :positions]
 
