@@ -381,7 +381,7 @@ def _load_backbone(base: Path, seed: int):
 
 
 #: optimiser steps between checkpoints of a judge training run (all-MiniLM-L6-v2: ~140 s of training
-#: on the 2-core CPU; the default 96-step recipe writes one, the whole-pool recipe about ten)
+#: on the 2-core CPU; the default ~100-step recipe writes two, the whole-pool recipe eleven)
 CHECKPOINT_STEPS = 50
 
 
@@ -607,8 +607,8 @@ recipe without the benign hard negatives was stopped unfinished. The whole pool 
 (0.759 vs 0.783: TN 452, FP 64, FN 25, TP 45) and on Do-Not-Answer (0.562): more of other models'
 responses teaches those models' distribution, not the embedded model's. Not measured: a larger
 backbone (the embedded SmolLM2-135M with a classification head, `benchmarks/judge_recipes.py train
-smollm2,pool2000+labels,x1`: ~10x MiniLM's cost per step, so ~45 min of training and ~11 min of
-scoring here; training resumes after a kill).
+smollm2,pool2000+labels,x1`: ~6x MiniLM's cost per step by `benchmarks/judge_backbone_speed.py`, so
+~27 min of training plus its scoring here; training resumes after a kill).
 """
 
 
