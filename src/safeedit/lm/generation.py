@@ -139,6 +139,13 @@ def token_budget_batches(lengths: list[int], budget: int, extra: int = 0) -> lis
     return batches
 
 
+def decode_answers(tokenizer, new: torch.Tensor, pad_id: int, stats: GenerationStats | None = None) -> list[str]:
+    """The text of each row of generated ids ``new`` (special tokens stripped); counts them in ``stats``."""
+    if stats is not None:
+        stats.new_tokens += int((new != pad_id).sum())
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+
+
 def left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -199,9 +206,6 @@ def generate(
             with row_context(batch) if row_context is not None else nullcontext():
                 output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
                                         **({} if cache is None else {cache_arg(model): cache}))
-            new = output[:, input_ids.shape[1]:]
-            for row, index in enumerate(batch):
-                answers[index] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
-                if stats is not None:
-                    stats.new_tokens += int((new[row] != pad_id).sum())
+            for index, text in zip(batch, decode_answers(tokenizer, output[:, input_ids.shape[1]:], pad_id, stats)):
+                answers[index] = text
     return answers[0] if single else answers

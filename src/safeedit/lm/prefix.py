@@ -27,6 +27,7 @@ so, and callers fall back to plain generation otherwise.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable, ContextManager
 
@@ -38,6 +39,7 @@ from safeedit.lm.chat import use_chat_template
 from safeedit.lm.forward_args import cache_arg, keep_last_logits
 from safeedit.lm.generation import (
     GenerationStats,
+    decode_answers,
     encode_for_generation,
     generate,
     generation_config,
@@ -165,8 +167,6 @@ def _split_layout(ids: list[list[int]], shared: list[int], pad_id: int, device):
 def _before_and_after(model, tokenizer, layers, layer, pre_ids, post_ids, shared, edited, returns_tuple,
                       max_new_tokens, stats):
     """One batch of :func:`generate_before_and_after`: the pre-edit and post-edit answers."""
-    import copy
-
     started = time.perf_counter()
     config = generation_config(model, tokenizer, max_new_tokens)
     pad_id = config.pad_token_id
@@ -203,7 +203,7 @@ def _before_and_after(model, tokenizer, layers, layer, pre_ids, post_ids, shared
     output = model.generate(input_ids=pre, attention_mask=pre_mask, generation_config=config,
                             **{cache_arg(model): cache})
     before = stats.new_tokens if stats is not None else 0
-    pre_answers = _decode_rows(tokenizer, output[:, pre.shape[1]:], pad_id, stats)
+    pre_answers = decode_answers(tokenizer, output[:, pre.shape[1]:], pad_id, stats)
     del output
     if stats is not None:
         stats.pre_edit_s += time.perf_counter() - started
@@ -229,13 +229,7 @@ def _before_and_after(model, tokenizer, layers, layer, pre_ids, post_ids, shared
         # 3. the post-edit answers: their own tokens run through every layer, then decoding
         output = model.generate(input_ids=post, attention_mask=post_mask, generation_config=config,
                                 **{cache_arg(model): cache})
-    return pre_answers, _decode_rows(tokenizer, output[:, post.shape[1]:], pad_id, stats)
-
-
-def _decode_rows(tokenizer, new: torch.Tensor, pad_id: int, stats) -> list[str]:
-    if stats is not None:
-        stats.new_tokens += int((new != pad_id).sum())
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+    return pre_answers, decode_answers(tokenizer, output[:, post.shape[1]:], pad_id, stats)
 
 
 def _probe_tuple(model, layers) -> bool:
