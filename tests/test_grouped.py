@@ -215,8 +215,8 @@ def test_grouped_bench_with_prefix_reuse_equals_the_plain_grouped_run(tiny_setup
 
 
 def test_loss_rows_change_memory_not_the_result():
-    """Back-propagating the group's losses one instance at a time (the CPU default) or all together
-    (the accelerator default) accumulates the same gradients before the one optimiser step."""
+    """Editing the group one instance at a time (the CPU default), in pairs or all together (the
+    accelerator default) gives every instance the same trajectory."""
     tok, insts = tiny_tokenizer(), [tiny_instance(s, s) for s in range(3)]
     opts = dict(suffix=None, lr=1e-2, steps=3, layer=2)
     one = DINM(**opts).group_edit(tiny_model("llama"), tok, insts, loss_rows=1)
@@ -227,3 +227,24 @@ def test_loss_rows_change_memory_not_the_result():
         assert [r.losses[0]["loss"] for r in one.instances] == pytest.approx([r.losses[0]["loss"] for r in other.instances])
     with pytest.raises(EditError, match="loss_rows"):
         DINM(**opts).group_edit(tiny_model("llama"), tok, insts, loss_rows=0)
+
+
+def test_a_chunked_group_edit_holds_one_chunks_reference_at_a_time(monkeypatch):
+    """With loss_rows=1 the [tokens x vocabulary] KL references and layer inputs of one instance are
+    alive at a time, whatever the group size (the CPU's memory does not grow with K)."""
+    from safeedit.methods import dinm
+
+    alive = []
+    prepare = dinm._GroupRunner.prepare
+
+    def counting(self, *bs):
+        prepare(self, *bs)
+        alive.append(len(self._layer_inputs))
+
+    monkeypatch.setattr(dinm._GroupRunner, "prepare", counting)
+    tok, insts = tiny_tokenizer(), [tiny_instance(s, s) for s in range(4)]
+    DINM(suffix=None, lr=1e-2, steps=2, layer=2).group_edit(tiny_model("llama"), tok, insts, loss_rows=1)
+    assert alive and max(alive) == 2  # a chunk's target and constraint batches, then released
+    alive.clear()
+    DINM(suffix=None, lr=1e-2, steps=2, layer=2).group_edit(tiny_model("llama"), tok, insts, loss_rows=4)
+    assert max(alive) == 2  # one chunk: the whole group

@@ -57,14 +57,17 @@ def cmd_demo(args) -> int:
         print(f"no safety judge at {judge_dir}: training one (a few minutes on a CPU; `safeedit judge eval` "
               "scores it afterwards)", file=sys.stderr)
         train_judge(judge_dir, score=False)  # its recipe's scores are in the model card; saves ~50 s
-    runs = []
-    for method in ("none", "dinm"):
+    runs = {}
+    # DINM first: its grouped pass answers the pre-edit prompts together with the post-edit ones,
+    # sharing their prefill (prefix reuse), and the vanilla run then finds every answer in the
+    # generation cache; the other order makes the vanilla run prefill them all alone (~1 min more)
+    for method in ("dinm", "none"):
         out = str(Path(args.out) / method)
         run_bench(BenchConfig(method=method, model=args.model, data=str(sample_data_path()), out=out, limit=args.limit,
                               max_new_tokens=args.max_new_tokens, kqa_n=args.kqa_n, csum_n=args.csum_n,
                               general_instances=1))
-        runs.append(out)
-    print(compare_runs(runs, out=Path(args.out) / "compare"))
+        runs[method] = out
+    print(compare_runs([runs["none"], runs["dinm"]], out=Path(args.out) / "compare"))
     print(f"reports: {args.out}/none/report.md, {args.out}/dinm/report.md, {args.out}/compare/compare.md")
     return 0
 

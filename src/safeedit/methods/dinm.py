@@ -44,6 +44,7 @@ from safeedit.lm.layer_bypass import capturing_layer_input
 from safeedit.lm.rowwise import RowWiseLinear, swap_module
 from safeedit.methods.base import Edit, EditError, GroupEdit, InstanceEdit, Method
 from safeedit.methods.locate import Location, locate_in_context, locate_reference
+from safeedit.methods.losses import kl_to_reference
 from safeedit.methods.sequences import FastRunner, NaiveRunner, TargetSequence, build_sequence
 
 PAPER_SUFFIX = "If the user's request is reasonable, give the correct answer. Please give the right response:"
@@ -214,9 +215,8 @@ class DINM(Method):
         target_ids = runner.target_ids(0)
         nll = F.cross_entropy(target_logits.float(), target_ids)
         with torch.set_grad_enabled(kl_grad):
-            logp = F.log_softmax(runner.target_logits(1).float(), dim=-1)
             # KL(p_edited || p_original), summed over the vocabulary, mean over positions
-            kl = (logp.exp() * (logp - reference_logp)).sum(-1).mean()
+            kl = kl_to_reference(runner.target_logits(1).float(), reference_logp).mean()
         return nll, kl
 
 
@@ -253,18 +253,19 @@ class DINM(Method):
 
         K copies of W_V are stacked into one trainable ``[K, ...]`` tensor that stands in for layer
         L's W_V (:class:`~safeedit.lm.rowwise.RowWiseLinear`: row k of a batch uses copy k). Each
-        step runs the K target sequences (and the K constraint sequences) as one batch from the
-        cached inputs of layer L, sums the K per-instance losses and steps one Adam over the stacked
-        tensor. Row k's loss depends only on copy k, and Adam is element-wise, so copy k follows
+        step runs a chunk's target sequences (and its constraint sequences) as one batch from the
+        cached inputs of layer L, sums the chunk's per-instance losses and steps one Adam over its
+        copies. Row k's loss depends only on copy k, and Adam is element-wise, so copy k follows
         exactly the trajectory of ``edit(model, tok, [instance_k])`` (up to float summation order).
         Sequences are right-padded: causal attention never lets a real token see the padding, and
         positions stay those of the unpadded sequence. The model's tensors are never written.
 
-        ``loss_rows``: instances whose losses are computed and back-propagated together; the gradients
-        are accumulated over the group before its one optimiser step, so it changes memory and speed,
-        not the result. None: 1 on a CPU (the [tokens x vocabulary] logits of one instance alive at a
-        time; a CPU gains nothing from a bigger batch there), the whole group on an accelerator (one
-        batched pass per step is about 3x faster on an H200, benchmarks/gpu_check.sh).
+        ``loss_rows``: instances edited together (a chunk); chunks are edited one after the other, all
+        steps of one before the next, so it changes memory and speed, not the result, and memory
+        holds one chunk's [tokens x vocabulary] KL reference and logits, not the group's. None: 1 on
+        a CPU (a CPU gains nothing from a bigger batch there, and the group's memory stays that of
+        one instance whatever K), the whole group on an accelerator (one batched pass per step is
+        about 3x faster on an H200, benchmarks/gpu_check.sh).
         """
         instances = list(instances)
         if not instances:
@@ -290,7 +291,7 @@ class DINM(Method):
                        for i in instances]
         k_count = len(instances)
         base = arch.w_v_module(model, layer)
-        stacked = torch.nn.Parameter(base.weight.detach().unsqueeze(0).repeat(k_count, *([1] * base.weight.dim())))
+        stacked = base.weight.detach().unsqueeze(0).repeat(k_count, *([1] * base.weight.dim()))
         records = [InstanceEdit(key=i.key, details={"layer": layer, "distances": c[1], "group_size": k_count})
                    for i, c in zip(instances, chosen)]
         grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -299,8 +300,6 @@ class DINM(Method):
             for p in model.parameters():
                 p.requires_grad_(False)
             known = [c[3] for c in chosen]
-            # the K rows' losses are computed and back-propagated loss_rows rows at a time (gradient
-            # accumulation into the stacked tensor, one Adam step over all K)
             if loss_rows is None:
                 loss_rows = 1 if base.weight.device.type == "cpu" else k_count
             if loss_rows < 1:
@@ -312,24 +311,29 @@ class DINM(Method):
                 if all(known[k] is not None for k in rows):
                     known_inputs[2 * c] = [known[k] for k in rows]
             runner = _GroupRunner(model, arch, layer, batches, known_inputs=known_inputs)
-            references = [runner.reference_log_probs(2 * c + 1) for c in range(len(chunks))]
-            optimizer = torch.optim.Adam([stacked], lr=cfg.lr, weight_decay=cfg.weight_decay)
-            wrapper = RowWiseLinear(base, stacked, chunks[0], transposed=arch.w_v_transposed)
-            with runner, swap_module(model, module_name, wrapper):
-                for step in range(cfg.steps + 1):
-                    measuring_only = step == cfg.steps
-                    optimizer.zero_grad(set_to_none=True)
-                    for c, rows in enumerate(chunks):
-                        wrapper.set_owners(rows)
+            # chunk by chunk, all steps of a chunk before the next: a chunk's copies see only their own
+            # losses and Adam is element-wise, so this is the trajectory of one optimiser over all K,
+            # while only one chunk's layer inputs and [tokens x vocabulary] KL reference are alive
+            for c, rows in enumerate(chunks):
+                runner.prepare(2 * c, 2 * c + 1)  # the unedited model's passes, before the swap below
+                reference = runner.reference_log_probs(2 * c + 1)
+                part = torch.nn.Parameter(stacked[rows].clone())
+                optimizer = torch.optim.Adam([part], lr=cfg.lr, weight_decay=cfg.weight_decay)
+                wrapper = RowWiseLinear(base, part, list(range(len(rows))), transposed=arch.w_v_transposed)
+                with runner, swap_module(model, module_name, wrapper):
+                    for step in range(cfg.steps + 1):
+                        measuring_only = step == cfg.steps
+                        optimizer.zero_grad(set_to_none=True)
                         with torch.set_grad_enabled(not measuring_only):
-                            nll, kl = self._group_loss_terms(runner, 2 * c, references[c],
+                            nll, kl = self._group_loss_terms(runner, 2 * c, reference,
                                                              kl_grad=not (cfg.flag("kl_no_grad") or measuring_only))
                             total = cfg.edit_weight * nll + cfg.kl_weight * kl  # row j = instance rows[j]'s loss
                         finite = torch.isfinite(total.detach())
                         if not bool(finite.all()):
-                            bad = rows[int((~finite).nonzero()[0, 0])]
-                            raise EditError(f"non-finite loss ({total[rows.index(bad)].item()}) at step {step} editing "
-                                            f"instance {instances[bad].key} (id={instances[bad].id!r}) at layer {layer} "
+                            j = int((~finite).nonzero()[0, 0])
+                            bad = instances[rows[j]]
+                            raise EditError(f"non-finite loss ({total[j].item()}) at step {step} editing "
+                                            f"instance {bad.key} (id={bad.id!r}) at layer {layer} "
                                             f"in a group of {k_count}; model unchanged")
                         for j, k in enumerate(rows):
                             rec = records[k]
@@ -341,15 +345,17 @@ class DINM(Method):
                                 rec.details["nll_after"] = nll[j].item()
                         if not measuring_only:
                             total.sum().backward()
-                    if not measuring_only:
-                        optimizer.step()
+                            optimizer.step()
+                stacked[rows] = part.detach()
+                del reference, part, optimizer, wrapper
+                runner.release(2 * c, 2 * c + 1)
         finally:
             for n, p in model.named_parameters():
                 p.requires_grad_(grad_flags[n])
         shared = (time.perf_counter() - start - sum(located_s)) / k_count
         for rec, loc in zip(records, located_s):
             rec.seconds = shared + loc
-        return DINMGroupEdit(model, self.name, records, arch, layer, stacked.detach())
+        return DINMGroupEdit(model, self.name, records, arch, layer, stacked)
 
     @staticmethod
     def _group_loss_terms(runner: "_GroupRunner", b: int, reference: list[torch.Tensor], kl_grad: bool):
@@ -359,8 +365,7 @@ class DINM(Method):
         with torch.set_grad_enabled(kl_grad):
             kls = []
             for logits, ref in zip(runner.target_logits(b + 1), reference):
-                logp = F.log_softmax(logits.float(), dim=-1)
-                kls.append((logp.exp() * (logp - ref)).sum(-1).mean())
+                kls.append(kl_to_reference(logits.float(), ref).mean())
             kl = torch.stack(kls)
         return nll, kl
 
@@ -420,24 +425,39 @@ class _GroupRunner(FastRunner):
                 ids[row, len(s.ids):] = s.ids[-1]  # right padding: never seen by a real token
             self._padded.append(ids.to(self.device))
             self._first.append(min(s.target_start for s in seqs) - 1)
-        self._layer_inputs: list[torch.Tensor] = []
-        self._initial_logits: list[list[torch.Tensor]] = []
-        self._cache_layer_inputs()
+        # computed on demand (prepare), so a caller working through the batches in turn holds one
+        # batch's layer inputs and unedited logits at a time
+        self._layer_inputs: dict[int, torch.Tensor] = {}
+        self._initial_logits: dict[int, list[torch.Tensor]] = {}
+        self._returns_tuple = False
 
-    def _cache_layer_inputs(self) -> None:
+    def prepare(self, *bs: int) -> None:
+        """Cache the inputs of layer L (and the unedited logits) of batches ``bs``: one unedited
+        no-grad pass each, unless their inputs were given; call it outside the runner's context."""
+        if self._handles:
+            raise RuntimeError("_GroupRunner.prepare runs the unedited model: call it outside the runner's context")
         with capturing_layer_input(self.layers, self.layer) as seen, torch.no_grad():
-            for b in range(len(self.batches)):
+            for b in bs:
+                if b in self._layer_inputs:
+                    continue
                 if b in self._known:  # right-pad the known rows; no forward, no initial logits needed
                     rows = self._known[b]
                     padded = rows[0].new_zeros((len(rows), self._padded[b].shape[1], rows[0].shape[-1]))
                     for i, x in enumerate(rows):
                         padded[i, :x.shape[0]] = x
-                    self._initial_logits.append([])
-                    self._layer_inputs.append(padded)
+                    self._initial_logits[b] = []
+                    self._layer_inputs[b] = padded
                     continue
-                self._initial_logits.append(self._batch_forward(b))
-                self._layer_inputs.append(seen["input"])
-        self._returns_tuple = bool(seen.get("tuple"))
+                self._initial_logits[b] = self._batch_forward(b)
+                self._layer_inputs[b] = seen["input"]
+        if "tuple" in seen:
+            self._returns_tuple = bool(seen["tuple"])
+
+    def release(self, *bs: int) -> None:
+        """Drop what :meth:`prepare` cached for batches ``bs``."""
+        for b in bs:
+            self._layer_inputs.pop(b, None)
+            self._initial_logits.pop(b, None)
 
     def _batch_forward(self, b: int) -> list[torch.Tensor]:
         """Per-row logits at that row's scored positions. The output layer sees only those positions
@@ -468,6 +488,7 @@ class _GroupRunner(FastRunner):
     def reference_log_probs(self, b: int) -> list[torch.Tensor]:
         """The unedited model's log-probabilities on batch ``b``; once per batch, as the cached logits
         are dropped here (they would double the [tokens x vocabulary] memory of the references)."""
+        self.prepare(b)
         logits, self._initial_logits[b] = self._initial_logits[b], []
         return [F.log_softmax(x.float(), dim=-1) for x in logits]
 
@@ -477,6 +498,8 @@ class _GroupRunner(FastRunner):
     def target_logits(self, b: int) -> list[torch.Tensor]:
         if not self._handles:
             raise RuntimeError("_GroupRunner.target_logits is only valid inside its context")
+        if b not in self._layer_inputs:
+            raise RuntimeError(f"_GroupRunner batch {b} is not prepared (call prepare({b}) before the context)")
         self._active_input = self._layer_inputs[b]
         return self._batch_forward(b)
 
