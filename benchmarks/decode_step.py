@@ -1,0 +1,54 @@
+"""Seconds per decode step of the embedded model against the batch (rows) and the cached prompt
+length: what a row's generated token costs at each batch size, which is why a bigger prefix-reuse
+batch (``--decode-tokens``) is faster and why it costs memory. Median of 10 steps after 2 warm-ups,
+one new token per row, a reserved KV cache (``safeedit.lm.kv_cache``), random prompt ids.
+
+Usage: python benchmarks/decode_step.py [--threads 2] [--rows 4,8,16,32,48] [--lengths 100,500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median, print_table  # noqa: E402
+
+
+def main() -> None:
+    import torch
+
+    from safeedit.lm.kv_cache import reserved_cache
+    from safeedit.lm.loading import load_model
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", default="4,8,16,32,48")
+    ap.add_argument("--lengths", default="100,500", help="cached prompt tokens per row")
+    ap.add_argument("--model", default="smollm2-135m")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, _tok = load_model(args.model, dtype="float32", device="cpu")
+    table = []
+    for rows in (int(x) for x in args.rows.split(",")):
+        for length in (int(x) for x in args.lengths.split(",")):
+            cache = reserved_cache(model, length + 16)
+            ids = torch.randint(0, 1000, (rows, length))
+            with torch.inference_mode():
+                model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                times = []
+                for step in range(12):
+                    start = time.perf_counter()
+                    model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True)
+                    if step >= 2:
+                        times.append(time.perf_counter() - start)
+            ms = median(times) * 1e3
+            table.append([rows, length, f"{ms:.1f}", f"{ms / rows:.1f}"])
+    print(f"{args.model} float32, {args.threads} threads: one decode step (median ms)")
+    print_table(["rows", "cached tokens / row", "ms / step", "ms / row-token"], table)
+
+
+if __name__ == "__main__":
+    main()
