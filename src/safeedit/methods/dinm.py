@@ -317,7 +317,7 @@ class DINM(Method):
             for c, rows in enumerate(chunks):
                 runner.prepare(2 * c, 2 * c + 1)  # the unedited model's passes, before the swap below
                 reference = runner.reference_log_probs(2 * c + 1)
-                part = torch.nn.Parameter(stacked[rows].clone())
+                part = torch.nn.Parameter(stacked[rows])  # indexing by a list copies
                 optimizer = torch.optim.Adam([part], lr=cfg.lr, weight_decay=cfg.weight_decay)
                 wrapper = RowWiseLinear(base, part, list(range(len(rows))), transposed=arch.w_v_transposed)
                 with runner, swap_module(model, module_name, wrapper):
