@@ -2,8 +2,11 @@
 length: what a row's generated token costs at each batch size, which is why a bigger prefix-reuse
 batch (``--decode-tokens``) is faster and why it costs memory. Median of 10 steps after 2 warm-ups,
 one new token per row, a reserved KV cache (``safeedit.lm.kv_cache``), random prompt ids.
+``--linear both`` times each shape with plain ``F.linear`` layers and with the threaded small-batch
+linears that ``load_model`` installs on a CPU model (``safeedit.lm.threaded_linear``), side by side.
 
 Usage: python benchmarks/decode_step.py [--threads 2] [--rows 4,8,16,32,48] [--lengths 100,500]
+       [--linear threaded|plain|both]
 """
 
 from __future__ import annotations
@@ -20,34 +23,55 @@ from _common import median, print_table  # noqa: E402
 def main() -> None:
     import torch
 
+    from torch import nn
+
     from safeedit.lm.kv_cache import reserved_cache
     from safeedit.lm.loading import load_model
+    from safeedit.lm.threaded_linear import ThreadedLinear
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default="4,8,16,32,48")
     ap.add_argument("--lengths", default="100,500", help="cached prompt tokens per row")
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--linear", choices=["threaded", "plain", "both"], default="threaded",
+                    help="linear layers: load_model's threaded small-batch ones, plain F.linear, or both")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, _tok = load_model(args.model, dtype="float32", device="cpu")
+    linears = [m for m in model.modules() if type(m) is ThreadedLinear]
+    kinds = ["plain", "threaded"] if args.linear == "both" else [args.linear]
+
+    def step_ms(rows: int, length: int, kind: str) -> float:
+        for m in linears:
+            m.__class__ = ThreadedLinear if kind == "threaded" else nn.Linear
+        cache = reserved_cache(model, length + 16)
+        ids = torch.randint(0, 1000, (rows, length), generator=torch.Generator().manual_seed(rows * 7919 + length))
+        with torch.inference_mode():
+            model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            times = []
+            for step in range(12):
+                start = time.perf_counter()
+                model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True)
+                if step >= 2:
+                    times.append(time.perf_counter() - start)
+        return median(times) * 1e3
+
     table = []
     for rows in (int(x) for x in args.rows.split(",")):
         for length in (int(x) for x in args.lengths.split(",")):
-            cache = reserved_cache(model, length + 16)
-            ids = torch.randint(0, 1000, (rows, length))
-            with torch.inference_mode():
-                model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                times = []
-                for step in range(12):
-                    start = time.perf_counter()
-                    model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True)
-                    if step >= 2:
-                        times.append(time.perf_counter() - start)
-            ms = median(times) * 1e3
-            table.append([rows, length, f"{ms:.1f}", f"{ms / rows:.1f}"])
+            ms = {kind: step_ms(rows, length, kind) for kind in kinds}
+            row = [rows, length]
+            for kind in kinds:
+                row += [f"{ms[kind]:.1f}", f"{ms[kind] / rows:.1f}"]
+            if len(kinds) == 2:
+                row.append(f"{ms['plain'] / ms['threaded']:.2f}x")
+            table.append(row)
     print(f"{args.model} float32, {args.threads} threads: one decode step (median ms)")
-    print_table(["rows", "cached tokens / row", "ms / step", "ms / row-token"], table)
+    header = ["rows", "cached tokens / row"]
+    for kind in kinds:
+        header += [f"{kind} ms / step", f"{kind} ms / row-token"]
+    print_table(header + (["threaded speed-up"] if len(kinds) == 2 else []), table)
 
 
 if __name__ == "__main__":

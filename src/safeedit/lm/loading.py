@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from safeedit.errors import UserError
+from safeedit.lm.threaded_linear import thread_small_linears
 from safeedit.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,8 @@ def load_model(
     tokenizer.padding_side = "left"
     if device_map is None:
         model.to(device)
+        if torch.device(device).type == "cpu":
+            thread_small_linears(model)  # decode steps' few-row products on every core
     model.eval()
     read_weights(model)
     model.safeedit_source = source  # remembered for run metadata

@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from safeedit.lm.threaded_linear import small_batch_linear
 
 
 class RowWiseLinear(nn.Module):
@@ -52,7 +53,7 @@ class RowWiseLinear(nn.Module):
                       for k in sorted(set(owners))}
 
     def _one(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return x @ w if self.transposed else F.linear(x, w)
+        return x @ w if self.transposed else small_batch_linear(x, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != len(self.owners):
