@@ -65,6 +65,9 @@ def test_plain_f_linear_for_many_rows_and_for_training(threads):
     assert threaded_parts(x, w) == 1  # autograd needs x's gradient: unchanged training numerics
     assert threaded_parts(x.detach(), w.requires_grad_()) == 1
     assert threaded_parts(x.detach(), w.detach()) == 2  # nothing requires grad
+    with torch.no_grad():
+        assert threaded_parts(x, torch.randn(8, 16).t()) == 1  # a transposed view cannot be sliced by view()
+        assert threaded_parts(x.to(torch.int64), w) == 1
 
 
 def test_switching_keeps_parameters_and_state_dict_and_leaves_other_modules():

@@ -29,14 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 #: input rows (tokens x sequences) up to which the threaded path is used; measured on 2 cores:
-#: faster than ``F.linear`` from 1 to ~32 rows, even at 64, slower for the prefill's hundreds
+#: faster than ``F.linear`` from 1 to ~32 rows, about even at 32-64, mixed to slower for the
+#: hundreds of a prefill chunk or an edit's scored positions (10-20 % either way on the output layer)
 MAX_ROWS = 64
 
 
 def threaded_parts(x: torch.Tensor, weight: torch.Tensor) -> int:
     """Slices :func:`small_batch_linear` cuts ``weight`` into for input ``x``; below 2 it calls
     ``F.linear`` unchanged."""
-    if x.device.type != "cpu" or weight.dim() != 2 or not x.is_floating_point():
+    if x.device.type != "cpu" or weight.dim() != 2 or not weight.is_contiguous() or not x.is_floating_point():
         return 1
     if x.numel() == 0 or x.numel() // x.shape[-1] > MAX_ROWS:
         return 1
