@@ -22,7 +22,6 @@ from _common import median, print_table  # noqa: E402
 
 def main() -> None:
     import torch
-
     from torch import nn
 
     from safeedit.lm.kv_cache import reserved_cache
