@@ -6,7 +6,7 @@ development machine the 49,152 x 576 output layer took ~12.5 ms for one row with
 with two, ~25 ms for 10 rows, while the machine streams memory at ~45 GB/s. Cutting the weight's
 output rows into one slice per thread and multiplying the slices with one ``torch.bmm`` runs the
 slices side by side (6-17 ms for the same shapes), and a whole decode step of the embedded model
-takes ~25-30 % less with 1-20 rows (``benchmarks/decode_step.py --linear both``).
+took 5-42 % less time with 1-48 rows in 11 of 12 measured shapes (``benchmarks/decode_step.py --linear both``).
 
 Each output element is still one dot product of an input row with one weight row, so the result
 equals ``F.linear`` up to float summation order (MKL picks its kernel by shape): in our checks the
