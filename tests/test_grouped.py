@@ -147,6 +147,21 @@ def test_grouped_bench_kill_resume_by_group_and_same_answers_as_one_at_a_time(ti
                {k: v["response"] for k, v in s["post"].items() if k != "_fluency"}, g["key"]
 
 
+def test_grouped_bench_times_count_each_instances_location(tiny_setup):  # noqa: F811
+    """Location runs before a group forms (to group by layer); its seconds still belong to the
+    instance's edit, as in the one-at-a-time path where edit() locates."""
+    from safeedit.cli import main
+
+    out = tiny_setup["tmp"] / "located"
+    extra = ["--kqa-n", "0", "--csum-n", "0", "--limit", "4", "--group-size", "2"]
+    assert main(bench_args(tiny_setup, out, extra=extra)) == 0
+    for row in _rows(out):
+        t = row["times"]
+        assert t["locate_s"] > 0, row["key"]
+        assert t["edit_s"] >= t["locate_s"] and row["edit"]["seconds"] >= t["locate_s"]
+        assert t["total_s"] >= t["edit_s"] + t["post_generate_s"]
+
+
 def test_two_process_sharded_run_resumes_a_killed_shard_and_merges_to_the_single_process_run(tiny_setup):  # noqa: F811
     extra = ["--kqa-n", "0", "--csum-n", "0", "--set", "layer=2", "--group-size", "2", "--limit", "6"]
     env = dict(os.environ, SAFEEDIT_CACHE=str(tiny_setup["tmp"] / "cache"), OMP_NUM_THREADS="1")

@@ -275,10 +275,12 @@ class DINM(Method):
         cfg = self.config
         arch = resolve_architecture(model, layers=cfg.layers_module, w_v=cfg.wv_module)
         start = time.perf_counter()
-        chosen = []
+        chosen, located_here = [], 0.0
         for inst in instances:
+            planned = inst.key in self._planned  # located by an earlier group_key call, outside this timer
             self.group_key(model, tokenizer, inst, chat=chat)
             chosen.append(self._planned.pop(inst.key))
+            located_here += 0.0 if planned else chosen[-1][2]
         layers = sorted({c[0] for c in chosen})
         if len(layers) != 1:
             raise EditError(f"group_edit needs instances with one toxic layer, got layers {layers}; group by group_key()")
@@ -352,7 +354,8 @@ class DINM(Method):
         finally:
             for n, p in model.named_parameters():
                 p.requires_grad_(grad_flags[n])
-        shared = (time.perf_counter() - start - sum(located_s)) / k_count
+        # an instance's seconds: its share of the group's edit plus its own location, wherever it ran
+        shared = (time.perf_counter() - start - located_here) / k_count
         for rec, loc in zip(records, located_s):
             rec.seconds = shared + loc
         return DINMGroupEdit(model, self.name, records, arch, layer, stacked)
