@@ -95,6 +95,33 @@ def test_located_group_reuses_the_location_pass_and_equals_single_edits():
         assert group.instances[k].details["distances"] == pytest.approx(edit.instances[0].details["distances"])
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("layer", [1, 2])
+def test_value_tail_steps_equal_running_the_toxic_layer(family, layer):
+    """Caching W_V's input and the residual around it (layer L not re-run per step; at the last layer
+    only the scored positions) trains the same copies as running layer L every step. Gemma 2 puts a
+    norm after the MLP, so the check turns the tail off there and the result is the plain path's."""
+    from safeedit.lm.arch import resolve_architecture
+    from safeedit.lm.layer_bypass import output_adds_module_output
+
+    model, tok = tiny_model(family), tiny_tokenizer()
+    arch = resolve_architecture(model)
+    fits = output_adds_module_output(model, arch.decoder_layers(model), layer, arch.w_v_module(model, layer))
+    assert fits == (family != "gemma2")
+    insts = [tiny_instance(s, s) for s in range(3)]
+    digest = state_hash(model)
+    opts = dict(suffix=None, lr=1e-2, steps=3, layer=layer)
+    runs = {}
+    for tail in (None, False):
+        group = DINM(**opts).group_edit(model, tok, insts, loss_rows=2, value_tail=tail)
+        runs[tail] = (group.weights, [[step["loss"] for step in r.losses] for r in group.instances])
+    assert state_hash(model) == digest
+    assert torch.allclose(runs[None][0], runs[False][0], atol=1e-5)
+    assert not torch.equal(runs[False][0][0], arch.w_v_weight(model, layer))  # the edit did move W_V
+    for with_tail, plain in zip(runs[None][1], runs[False][1]):
+        assert with_tail == pytest.approx(plain, rel=1e-4, abs=1e-6)
+
+
 def test_group_edit_refuses_mixed_layers_and_leaves_the_model_on_nan():
     import math
 

@@ -80,3 +80,65 @@ def run_from_layer(layers: nn.ModuleList, layer: int, feed: Callable[[], torch.T
                 del layers[i].forward  # back to the class's forward
             else:
                 layers[i].forward = own
+
+
+@contextmanager
+def run_after_layer(layers: nn.ModuleList, layer: int, feed: Callable[[], torch.Tensor],
+                    returns_tuple: bool) -> Iterator[None]:
+    """Layers ``< layer`` pass their input through and layer ``layer`` returns ``feed()`` as its
+    output: the model runs only the layers above ``layer`` (and its head) on a given output."""
+
+    def replaced(hidden_states, *args, **kwargs):
+        out = feed()
+        return (out,) if returns_tuple else out
+
+    own = layers[layer].__dict__.get("forward")
+    with run_from_layer(layers, layer, lambda: None, returns_tuple):
+        layers[layer].forward = replaced
+        try:
+            yield
+        finally:
+            if own is None:
+                del layers[layer].forward
+            else:
+                layers[layer].forward = own
+
+
+def _layer_output(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def output_adds_module_output(model, layers: nn.ModuleList, layer: int, module: nn.Module) -> bool:
+    """Whether layer ``layer``'s output is (something ``module`` does not change) + ``module``'s
+    output, as in a pre-norm residual block whose last matrix is ``module`` (Llama, Mistral, Qwen2,
+    GPT-2, GPT-NeoX's W_V). Checked on a four-token input by doubling the module's output: the layer
+    output must move by exactly that output. A norm after the module (Gemma 2's post-FFN norm)
+    fails the check."""
+    device = next(model.parameters()).device
+    ids = torch.arange(4, device=device)[None]
+    seen: dict[str, torch.Tensor] = {}
+    double = {"on": False}
+
+    def at_module(_m, _args, out):
+        seen["o"] = out.detach().float()
+        return out * 2 if double["on"] else out
+
+    def at_layer(_m, _args, out):
+        seen["y2" if double["on"] else "y"] = _layer_output(out).detach().float()
+
+    handles = [module.register_forward_hook(at_module), layers[layer].register_forward_hook(at_layer)]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+            o = seen["o"]
+            double["on"] = True
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    if any(k not in seen for k in ("y", "y2")) or seen["y"].shape != o.shape:
+        return False
+    dtype = next(model.parameters()).dtype
+    scale = float(seen["y"].abs().max() + o.abs().max())
+    tolerance = 16 * torch.finfo(dtype).eps * scale
+    return bool((seen["y2"] - seen["y"] - o).abs().max() <= tolerance) and bool(o.abs().max() > tolerance)

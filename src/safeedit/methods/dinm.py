@@ -37,10 +37,11 @@ import torch.nn.functional as F
 
 from safeedit.data.schema import SafeEditInstance
 from safeedit.lm.arch import ArchitectureMap, resolve_architecture
-from safeedit.lm.forward_args import logits_to_keep_arg
 from safeedit.errors import ConfigError, DataError
+from safeedit.lm.forward_args import keep_last_logits, logits_to_keep_arg
 from safeedit.lm.generation import context_window
-from safeedit.lm.layer_bypass import capturing_layer_input
+from safeedit.lm.layer_bypass import (capturing_layer_input, layer_returns_tuple, output_adds_module_output,
+                                      run_after_layer, run_from_layer)
 from safeedit.lm.rowwise import RowWiseLinear, swap_module
 from safeedit.methods.base import Edit, EditError, GroupEdit, InstanceEdit, Method
 from safeedit.methods.locate import Location, locate_in_context, locate_reference
@@ -248,7 +249,8 @@ class DINM(Method):
         return self._planned[instance.key][0]
 
     def group_edit(self, model, tokenizer, instances: Sequence[SafeEditInstance], *,
-                   chat: bool | None = None, loss_rows: int | None = None) -> "DINMGroupEdit":
+                   chat: bool | None = None, loss_rows: int | None = None,
+                   value_tail: bool | None = None) -> "DINMGroupEdit":
         """Edit K instances with the same toxic layer L independently and simultaneously.
 
         K copies of W_V are stacked into one trainable ``[K, ...]`` tensor that stands in for layer
@@ -266,6 +268,10 @@ class DINM(Method):
         a CPU (a CPU gains nothing from a bigger batch there, and the group's memory stays that of
         one instance whatever K), the whole group on an accelerator (one batched pass per step is
         about 3x faster on an H200, benchmarks/gpu_check.sh).
+
+        ``value_tail``: steps compute layer L's output as the cached residual + W_V(cached input)
+        instead of running layer L (see ``_GroupRunner``); None: wherever the model's layer has that
+        form (checked), False: run layer L every step. Same update up to float rounding.
         """
         instances = list(instances)
         if not instances:
@@ -312,7 +318,7 @@ class DINM(Method):
                 batches += [[targets[k] for k in rows], [constraints[k] for k in rows]]
                 if all(known[k] is not None for k in rows):
                     known_inputs[2 * c] = [known[k] for k in rows]
-            runner = _GroupRunner(model, arch, layer, batches, known_inputs=known_inputs)
+            runner = _GroupRunner(model, arch, layer, batches, known_inputs=known_inputs, value_tail=value_tail)
             # chunk by chunk, all steps of a chunk before the next: a chunk's copies see only their own
             # losses and Adam is element-wise, so this is the trajectory of one optimiser over all K,
             # while only one chunk's layer inputs and [tokens x vocabulary] KL reference are alive
@@ -405,11 +411,27 @@ class _GroupRunner(FastRunner):
 
     ``batches[b]`` holds K sequences (row k belongs to instance k). Logits are computed only at each
     row's own scored positions.
+
+    ``value_tail`` (default: wherever it holds): when layer L's output is a residual plus W_V's output
+    (:func:`~safeedit.lm.layer_bypass.output_adds_module_output`), nothing in layer L but W_V changes
+    during the edit, so W_V's input and the residual around it are cached too and a step computes
+    layer L's output as residual + W_V(input): layer L's attention and the rest of its MLP are not
+    run again. At the last layer only the scored positions are kept, so a step is W_V, the final norm
+    and the output layer at those positions alone. Equal to running layer L up to float rounding (the
+    residual is recovered as output - W_V output, in float32).
     """
 
     def __init__(self, model, arch: ArchitectureMap, layer: int, batches: list[list[TargetSequence]],
-                 known_inputs: dict[int, list[torch.Tensor]] | None = None):
+                 known_inputs: dict[int, list[torch.Tensor]] | None = None, value_tail: bool | None = None):
         self.model = model
+        self._w_v = lambda: arch.w_v_module(model, layer)  # looked up per call: the edit swaps the module
+        layers = arch.decoder_layers(model)
+        if value_tail is None:
+            value_tail = output_adds_module_output(model, layers, layer, self._w_v())
+        self.value_tail = bool(value_tail)
+        self._last = layer == len(layers) - 1
+        self._tails: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch -> (W_V input, residual)
+        self._active_output: torch.Tensor | None = None
         self._known = known_inputs or {}  # batch -> per-row inputs of layer L already computed
         self.device = next(model.parameters()).device
         self.layers = arch.decoder_layers(model)
@@ -433,13 +455,18 @@ class _GroupRunner(FastRunner):
         self._layer_inputs: dict[int, torch.Tensor] = {}
         self._initial_logits: dict[int, list[torch.Tensor]] = {}
         self._returns_tuple = False
+        if self.value_tail:  # known inputs run from layer L before any full pass has shown the type
+            with torch.no_grad():
+                self._returns_tuple = layer_returns_tuple(self.layers[0], lambda: model(
+                    input_ids=torch.zeros((1, 1), dtype=torch.long, device=self.device), use_cache=False))
 
     def prepare(self, *bs: int) -> None:
         """Cache the inputs of layer L (and the unedited logits) of batches ``bs``: one unedited
-        no-grad pass each, unless their inputs were given; call it outside the runner's context."""
+        no-grad pass each, unless their inputs were given; call it outside the runner's context.
+        With ``value_tail``, W_V's input and the residual around it replace layer L's input."""
         if self._handles:
             raise RuntimeError("_GroupRunner.prepare runs the unedited model: call it outside the runner's context")
-        with capturing_layer_input(self.layers, self.layer) as seen, torch.no_grad():
+        with self._capturing_tail() as tail, capturing_layer_input(self.layers, self.layer) as seen, torch.no_grad():
             for b in bs:
                 if b in self._layer_inputs:
                     continue
@@ -450,25 +477,92 @@ class _GroupRunner(FastRunner):
                         padded[i, :x.shape[0]] = x
                     self._initial_logits[b] = []
                     self._layer_inputs[b] = padded
+                    if self.value_tail:  # layer L and up over the known inputs, once, for W_V's input
+                        with run_from_layer(self.layers, self.layer, lambda: padded, self._returns_tuple):
+                            self.model(input_ids=self._padded[b], use_cache=False, **keep_last_logits(self.model))
+                        self._keep_tail(b, tail)
                     continue
                 self._initial_logits[b] = self._batch_forward(b)
                 self._layer_inputs[b] = seen["input"]
+                if self.value_tail:
+                    self._keep_tail(b, tail)
         if "tuple" in seen:
             self._returns_tuple = bool(seen["tuple"])
+
+    @contextmanager
+    def _capturing_tail(self):
+        """Inside: each forward stores W_V's input and output and layer L's output (detached)."""
+        if not self.value_tail:
+            yield {}
+            return
+        seen: dict[str, torch.Tensor] = {}
+
+        def at_input(_m, args):
+            seen["a"] = args[0].detach()
+
+        def at_output(_m, _args, out):
+            seen["o"] = out.detach()
+
+        def at_layer(_m, _args, out):
+            seen["y"] = (out[0] if isinstance(out, tuple) else out).detach()
+
+        w_v = self._w_v()
+        handles = [w_v.register_forward_pre_hook(at_input), w_v.register_forward_hook(at_output),
+                   self.layers[self.layer].register_forward_hook(at_layer)]
+        try:
+            yield seen
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _keep_tail(self, b: int, seen: dict[str, torch.Tensor]) -> None:
+        """Batch ``b``'s W_V input and residual (output - W_V output, float32): every position, or at
+        the last layer the scored ones only (row-packed from column 0, the rest zero)."""
+        a, residual = seen.pop("a"), seen.pop("y").float() - seen.pop("o").float()
+        if self._last:
+            spans = self._spans(b)
+            width = max(e - s for s, e in spans)
+            a_kept = a.new_zeros((len(spans), width, a.shape[-1]))
+            r_kept = residual.new_zeros((len(spans), width, residual.shape[-1]))
+            for row, (s, e) in enumerate(spans):
+                a_kept[row, :e - s], r_kept[row, :e - s] = a[row, s:e], residual[row, s:e]
+            a, residual = a_kept, r_kept
+        self._tails[b] = (a, residual)
+        self._layer_inputs[b] = a  # layer L's input is not needed any more (marks the batch prepared)
+
+    def _spans(self, b: int) -> list[tuple[int, int]]:
+        """Per row: the columns whose logits predict its target tokens."""
+        return [(s.target_start - 1, len(s.ids) - 1) for s in self.batches[b]]
+
+    def __enter__(self):
+        if not self.value_tail:
+            return super().__enter__()
+        # layers below L pass through, layer L returns residual + W_V(input) computed per step
+        self._bypass = run_after_layer(self.layers, self.layer, lambda: self._active_output, self._returns_tuple)
+        self._bypass.__enter__()
+        self._handles.append(self._bypass)
+        return self
 
     def release(self, *bs: int) -> None:
         """Drop what :meth:`prepare` cached for batches ``bs``."""
         for b in bs:
             self._layer_inputs.pop(b, None)
             self._initial_logits.pop(b, None)
+            self._tails.pop(b, None)
 
-    def _batch_forward(self, b: int) -> list[torch.Tensor]:
+    def _batch_forward(self, b: int, packed: bool = False) -> list[torch.Tensor]:
         """Per-row logits at that row's scored positions. The output layer sees only those positions
         (a pre-hook gathers them): rows of different lengths would otherwise cost logits over the span
-        from the earliest scored position of any row to the end, for every row."""
-        ids = self._padded[b]
-        keep = {self._keep_arg: ids.shape[1] - self._first[b]} if self._keep_arg else {}
-        spans = [(s.target_start - 1, len(s.ids) - 1) for s in self.batches[b]]
+        from the earliest scored position of any row to the end, for every row. ``packed``: the input
+        holds only the scored positions, row-packed from column 0 (value tail at the last layer)."""
+        if packed:
+            spans = [(0, e - s) for s, e in self._spans(b)]
+            ids = self._padded[b][:, :max(e for _, e in spans)]  # any ids: no layer reads their embeddings
+            keep = {self._keep_arg: ids.shape[1]} if self._keep_arg else {}
+        else:
+            ids = self._padded[b]
+            keep = {self._keep_arg: ids.shape[1] - self._first[b]} if self._keep_arg else {}
+            spans = self._spans(b)
         head = self.model.get_output_embeddings()
         if head is None:
             logits = self.model(input_ids=ids, use_cache=False, **keep).logits
@@ -503,8 +597,15 @@ class _GroupRunner(FastRunner):
             raise RuntimeError("_GroupRunner.target_logits is only valid inside its context")
         if b not in self._layer_inputs:
             raise RuntimeError(f"_GroupRunner batch {b} is not prepared (call prepare({b}) before the context)")
-        self._active_input = self._layer_inputs[b]
-        return self._batch_forward(b)
+        if not self.value_tail:
+            self._active_input = self._layer_inputs[b]
+            return self._batch_forward(b)
+        a, residual = self._tails[b]
+        self._active_output = (residual + self._w_v()(a).float()).to(a.dtype)
+        try:
+            return self._batch_forward(b, packed=self._last)
+        finally:
+            self._active_output = None
 
 
 __all__ = ["DINM", "DINMConfig", "DINMGroupEdit", "PAPER_SUFFIX"]
