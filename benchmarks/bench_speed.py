@@ -20,7 +20,9 @@ and (b) and (e). ``--reference`` adds the old reference-style loop (one input at
 KQA/CSum are off. On a shared machine run the rows in one invocation so they suffer alike.
 
 The "edit + post-edit + judge" column is the issue's target measure: the per-instance loop time less
-the pre-edit answers a cold row makes in its run (row (a) has them cached), against row (a).
+the pre-edit answers a cold row makes in its run (row (a) has them cached), against row (a). Every
+row's loop time includes DINM's location of the toxic layer (grouped rows locate before their group
+forms and carry those seconds in ``times.locate_s``).
 
 Usage: python benchmarks/bench_speed.py [--instances 8] [--max-new-tokens 64] [--group-size 4] [--rows abcd]
 """

@@ -13,7 +13,10 @@ Speed by design (``fast=True``): only W_V of layer L changes, so the hidden stat
 layer L never change during the edit. They are computed once, without grad; each step runs only
 layers L..end (the earlier layers are bypassed) and computes logits only at the positions the
 loss reads. The original-model logits for the KL term are computed once. ``fast=False`` runs the
-full model with full logits every step, as the reference does; both give the same update.
+full model with full logits every step, as the reference does; both give the same update. The
+grouped edit (:meth:`DINM.group_edit`) goes one step further where the layer allows it: only W_V
+changes inside layer L too, so its steps start from W_V's cached input and the residual around it
+(``_GroupRunner``'s value tail).
 
 Reference behaviour (EasyEdit) that we correct, each reproducible with a flag (all three with
 ``reference_compat=True``):
