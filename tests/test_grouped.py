@@ -95,6 +95,21 @@ def test_located_group_reuses_the_location_pass_and_equals_single_edits():
         assert group.instances[k].details["distances"] == pytest.approx(edit.instances[0].details["distances"])
 
 
+@pytest.mark.parametrize("family,adds", [("llama", True), ("qwen2", True), ("gpt2", True), ("gpt_neox", True),
+                                         ("gemma2", False), ("gemma3_text", False)])
+def test_the_residual_check_tells_pre_norm_blocks_from_a_norm_after_the_mlp(family, adds):
+    from safeedit.lm.arch import resolve_architecture
+    from safeedit.lm.layer_bypass import output_adds_module_output
+
+    model = tiny_model(family)
+    arch = resolve_architecture(model)
+    layers = arch.decoder_layers(model)
+    assert [output_adds_module_output(model, layers, i, arch.w_v_module(model, i)) for i in range(3)] == [adds] * 3
+    # the attention's output projection feeds the MLP too, so the layer output is no sum with it
+    if family == "llama":
+        assert not output_adds_module_output(model, layers, 1, layers[1].self_attn.o_proj)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
 @pytest.mark.parametrize("layer", [1, 2])
 def test_value_tail_steps_equal_running_the_toxic_layer(family, layer):

@@ -138,7 +138,12 @@ def output_adds_module_output(model, layers: nn.ModuleList, layer: int, module: 
             h.remove()
     if any(k not in seen for k in ("y", "y2")) or seen["y"].shape != o.shape:
         return False
-    dtype = next(model.parameters()).dtype
-    scale = float(seen["y"].abs().max() + o.abs().max())
-    tolerance = 16 * torch.finfo(dtype).eps * scale
-    return bool((seen["y2"] - seen["y"] - o).abs().max() <= tolerance) and bool(o.abs().max() > tolerance)
+    y, y2 = seen["y"], seen["y2"]
+    eps = torch.finfo(next(model.parameters()).dtype).eps
+    # per element, so a residual stream with a few huge activations (attention sinks) does not
+    # widen the tolerance elsewhere: the move must equal W_V's output up to the rounding of y and y2,
+    # and somewhere W_V's output must be large enough against y for the two forms to differ
+    err = (y2 - y - o).abs()
+    allowed = 8 * eps * (y.abs() + y2.abs() + o.abs()) + torch.finfo(torch.float32).tiny
+    visible = o.abs() > 64 * eps * (y.abs() + o.abs())
+    return bool(visible.any()) and bool((err <= allowed).all())
