@@ -62,8 +62,9 @@ RUN_FORMAT = 2
 #: the batch's one KV cache (~45 KiB a token for SmolLM2-135M in float32, so ~720 MiB). Rows are
 #: sorted by length first, so SafeEdit's ~1,000-token jailbreak prompts decode ~15 at a time and the
 #: short questions together. Measured on the 2-core CPU (DINM, 8 sample instances, groups of 8, 64 new
-#: tokens; location + edit + post-edit + judge s/instance, peak RSS / after load): 16,384 tokens 9.1 s,
-#: 1.85x; 8,192 tokens 10.2 s, 1.46x (benchmarks/bench_speed.py; one at a time: 25.2-26.1 s, 1.42-1.46x).
+#: tokens; location + edit + post-edit + judge s/instance, peak RSS / after load; two runs each):
+#: 16,384 tokens 9.1-9.5 s, 1.85-1.92x; 8,192 tokens 10.0-10.2 s, 1.46x (benchmarks/bench_speed.py;
+#: one at a time: 25.2-26.1 s, 1.42-1.46x).
 #: ``--decode-tokens`` sets it per run.
 REUSE_DECODE_TOKENS = 16384
 
