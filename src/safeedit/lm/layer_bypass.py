@@ -52,6 +52,30 @@ def capturing_layer_input(layers: nn.ModuleList, layer: int) -> Iterator[dict]:
 
 
 @contextmanager
+def capturing_module_io(layer: nn.Module, module: nn.Module) -> Iterator[dict]:
+    """Inside: each forward stores ``module``'s input and output and ``layer``'s output (detached) in
+    ``seen["input"]``, ``seen["output"]`` and ``seen["layer_output"]``."""
+    seen: dict = {}
+
+    def at_input(_m, args):
+        seen["input"] = args[0].detach()
+
+    def at_output(_m, _args, out):
+        seen["output"] = out.detach()
+
+    def at_layer(_m, _args, out):
+        seen["layer_output"] = _layer_output(out).detach()
+
+    handles = [module.register_forward_pre_hook(at_input), module.register_forward_hook(at_output),
+               layer.register_forward_hook(at_layer)]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
 def run_from_layer(layers: nn.ModuleList, layer: int, feed: Callable[[], torch.Tensor],
                    returns_tuple: bool) -> Iterator[None]:
     """Layers ``< layer`` pass their input through; layer ``layer`` receives ``feed()`` as its input."""

@@ -31,7 +31,7 @@ Reference behaviour (EasyEdit) that we correct, each reproducible with a flag (a
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -43,8 +43,8 @@ from safeedit.lm.arch import ArchitectureMap, resolve_architecture
 from safeedit.errors import ConfigError, DataError
 from safeedit.lm.forward_args import keep_last_logits, logits_to_keep_arg
 from safeedit.lm.generation import context_window
-from safeedit.lm.layer_bypass import (capturing_layer_input, layer_returns_tuple, output_adds_module_output,
-                                      run_after_layer, run_from_layer)
+from safeedit.lm.layer_bypass import (capturing_layer_input, capturing_module_io, layer_returns_tuple,
+                                      output_adds_module_output, run_after_layer, run_from_layer)
 from safeedit.lm.rowwise import RowWiseLinear, swap_module
 from safeedit.methods.base import Edit, EditError, GroupEdit, InstanceEdit, Method
 from safeedit.methods.locate import Location, locate_in_context, locate_reference
@@ -428,16 +428,15 @@ class _GroupRunner(FastRunner):
                  known_inputs: dict[int, list[torch.Tensor]] | None = None, value_tail: bool | None = None):
         self.model = model
         self._w_v = lambda: arch.w_v_module(model, layer)  # looked up per call: the edit swaps the module
-        layers = arch.decoder_layers(model)
+        self.layers = arch.decoder_layers(model)
         if value_tail is None:
-            value_tail = output_adds_module_output(model, layers, layer, self._w_v())
+            value_tail = output_adds_module_output(model, self.layers, layer, self._w_v())
         self.value_tail = bool(value_tail)
-        self._last = layer == len(layers) - 1
+        self._last = layer == len(self.layers) - 1
         self._tails: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch -> (W_V input, residual)
         self._active_output: torch.Tensor | None = None
         self._known = known_inputs or {}  # batch -> per-row inputs of layer L already computed
         self.device = next(model.parameters()).device
-        self.layers = arch.decoder_layers(model)
         self.layer = layer
         self.batches = batches
         self._handles: list = []
@@ -469,7 +468,8 @@ class _GroupRunner(FastRunner):
         With ``value_tail``, W_V's input and the residual around it replace layer L's input."""
         if self._handles:
             raise RuntimeError("_GroupRunner.prepare runs the unedited model: call it outside the runner's context")
-        with self._capturing_tail() as tail, capturing_layer_input(self.layers, self.layer) as seen, torch.no_grad():
+        tail_hooks = capturing_module_io(self.layers[self.layer], self._w_v()) if self.value_tail else nullcontext({})
+        with tail_hooks as tail, capturing_layer_input(self.layers, self.layer) as seen, torch.no_grad():
             for b in bs:
                 if b in self._layer_inputs:
                     continue
@@ -492,36 +492,10 @@ class _GroupRunner(FastRunner):
         if "tuple" in seen:
             self._returns_tuple = bool(seen["tuple"])
 
-    @contextmanager
-    def _capturing_tail(self):
-        """Inside: each forward stores W_V's input and output and layer L's output (detached)."""
-        if not self.value_tail:
-            yield {}
-            return
-        seen: dict[str, torch.Tensor] = {}
-
-        def at_input(_m, args):
-            seen["a"] = args[0].detach()
-
-        def at_output(_m, _args, out):
-            seen["o"] = out.detach()
-
-        def at_layer(_m, _args, out):
-            seen["y"] = (out[0] if isinstance(out, tuple) else out).detach()
-
-        w_v = self._w_v()
-        handles = [w_v.register_forward_pre_hook(at_input), w_v.register_forward_hook(at_output),
-                   self.layers[self.layer].register_forward_hook(at_layer)]
-        try:
-            yield seen
-        finally:
-            for h in handles:
-                h.remove()
-
     def _keep_tail(self, b: int, seen: dict[str, torch.Tensor]) -> None:
         """Batch ``b``'s W_V input and residual (output - W_V output, float32): every position, or at
         the last layer the scored ones only (row-packed from column 0, the rest zero)."""
-        a, residual = seen.pop("a"), seen.pop("y").float() - seen.pop("o").float()
+        a, residual = seen.pop("input"), seen.pop("layer_output").float() - seen.pop("output").float()
         if self._last:
             spans = self._spans(b)
             width = max(e - s for s, e in spans)
