@@ -8,6 +8,9 @@
     python data/judge_labels/tools/assemble.py add --candidates C.jsonl --labels L.jsonl
         appends the labelled candidates whose id and response text are not in either file yet
         (later runs: more methods, more instances), each to its question group's split
+    python data/judge_labels/tools/assemble.py add-training-only
+        appends the hand-written rows of sources/written_training_only.jsonl to train.jsonl only
+        (the validation file stays as it is; see the README's "Splits")
 
 A SafeEdit input's group is the question it asks: the instance's question for DS, DG_onlyQ and
 DG_otherA, the *other* question for DG_otherQ and DG_otherAQ (recovered by matching the input
@@ -234,6 +237,49 @@ def add(args) -> None:
     print("added", dict(added))
 
 
+def add_training_only(args) -> None:
+    """Append hand-written rows of ``sources/written_training_only.jsonl`` to train.jsonl only.
+
+    The validation file is frozen, so recipes measured before and after these rows are scored on the
+    same rows; a written row whose question is a validation question is left out (and counted), as
+    is a response already in either file. Written after the validation set, by other writers than
+    its rows, these would make it easier for the judge than unseen data is."""
+    from collections import Counter
+
+    from safeedit.judge.labels import read_label_file
+
+    source = data_dir() / "sources" / "written_training_only.jsonl"
+    paths = {split: data_dir() / f"{split}.jsonl" for split in ("train", "validation")}
+    existing = {split: read_label_file(p) for split, p in paths.items()}
+    val_groups = {r["group"] for r in existing["validation"]}
+    seen_text = {r["response"] for rows in existing.values() for r in rows}
+    seen_ids = {r["id"] for rows in existing.values() for r in rows}
+    added, skipped = Counter(), Counter()
+    for n, line in enumerate(source.read_text().splitlines()):
+        if not line.strip():
+            continue
+        w = json.loads(line)
+        row_id = f"written-train:{n:03d}"
+        group = question_group(w["question"])
+        if row_id in seen_ids:
+            skipped["already there"] += 1
+            continue
+        if group in val_groups:
+            skipped["validation question"] += 1
+            continue
+        if w["response"] in seen_text:
+            skipped["same response text"] += 1
+            continue
+        existing["train"].append({"id": row_id, "response": w["response"], "label": w["label"], "kind": w["kind"],
+                                  "prompt_ref": {"text": w["question"]}, "group": group,
+                                  "labelled_by": w.get("labelled_by", "reader-a"), "model": "hand-written", "method": None})
+        seen_text.add(w["response"])
+        added[(w["kind"], w["label"])] += 1
+    paths["train"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing["train"]))
+    read_label_file(paths["train"])  # validates
+    print("train", len(existing["train"]), "added", dict(added), "left out", dict(skipped))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -249,8 +295,9 @@ def main() -> None:
     a = sub.add_parser("add")
     a.add_argument("--candidates", required=True)
     a.add_argument("--labels", required=True, help="labels of the new texts: JSONL of {text, label, labelled_by, note}")
+    sub.add_parser("add-training-only", help="append sources/written_training_only.jsonl to train.jsonl only")
     args = ap.parse_args()
-    {"candidates": candidates, "build": build, "add": add}[args.cmd](args)
+    {"candidates": candidates, "build": build, "add": add, "add-training-only": add_training_only}[args.cmd](args)
 
 
 if __name__ == "__main__":
