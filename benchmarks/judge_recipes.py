@@ -20,10 +20,18 @@ from pathlib import Path
 
 NO_HARD_NEG = "/tmp/judge_labels_no_hard_negatives.jsonl"
 HARD_NEG_KINDS = {"benign_alarming", "benign_in_attack", "written_benign_answer"}
+#: our labelled rows without the training-only hand-written rows (ids ``written-train:``, added after the
+#: recipes above it were measured): the label file of the rows measured before them
+BEFORE_HN = "/tmp/judge_labels_before_training_only_rows.jsonl"
+TRAINING_ONLY_PREFIX = "written-train:"
 
 EMBEDDED = "embedded"  # base_model placeholder: the embedded chat model's converted folder, found at run time
 
-#: name -> (what it tests, JudgeTrainConfig overrides)
+#: JudgeTrainConfig values every recipe starts from (the defaults when the first recipes were measured),
+#: so a recipe keeps its meaning when the defaults move; a recipe's own overrides win
+RECIPE_BASE = dict(max_length=128, refusal_pivots=0)
+
+#: name -> (what it tests, JudgeTrainConfig overrides of RECIPE_BASE)
 LAB = dict(labels_path="default", calib_fraction=0.1)  # our labelled rows + calibrated threshold
 RECIPES = {
     "pool2800": ("previous default: 2,800-row balanced pool subsample, 1 epoch, argmax", dict(max_train=2800)),
@@ -37,19 +45,38 @@ RECIPES = {
     "pool2000+labels+calib,2ep": ("same, 2 epochs", dict(LAB, max_train=2000, epochs=2.0)),
     "pool2000+labels+calib,prompt": ("same, reads prompt + response", dict(LAB, max_train=2000, with_prompt=True)),
     "pool2800+labels+calib": ("2,800 pool rows + our labelled rows x2", dict(LAB, max_train=2800)),
-    "pool2000+labels": ("2,000 pool rows + our labelled rows x2, argmax", dict(labels_path="default", max_train=2000)),
+    "pool2000+labels": ("2,000 pool rows + our labelled rows x2, argmax", dict(labels_path=BEFORE_HN, max_train=2000)),
     "pool1500+labels,x1": ("1,500 pool rows + our labelled rows once, argmax (fewer steps: make-demo budget)",
-                           dict(labels_path="default", max_train=1500, labels_repeats=1)),
+                           dict(labels_path=BEFORE_HN, max_train=1500, labels_repeats=1)),
     "pool2000+labels,x1": ("2,000 pool rows + our labelled rows once, argmax",
-                           dict(labels_path="default", max_train=2000, labels_repeats=1)),
+                           dict(labels_path=BEFORE_HN, max_train=2000, labels_repeats=1)),
     "pool2000+labels,2ep": ("2,000 pool rows + our labelled rows x2, 2 epochs, argmax",
-                            dict(labels_path="default", max_train=2000, epochs=2.0)),
+                            dict(labels_path=BEFORE_HN, max_train=2000, epochs=2.0)),
     "pool2000+labels,prompt": ("2,000 pool rows + our labelled rows x2, reads prompt + response, argmax",
-                               dict(labels_path="default", max_train=2000, with_prompt=True)),
+                               dict(labels_path=BEFORE_HN, max_train=2000, with_prompt=True)),
     "pool-full+labels,x1": ("the whole training pool + our labelled rows once, argmax (a one-off run)",
-                            dict(labels_path="default", max_train=None, labels_repeats=1)),
-    "smollm2,pool2000+labels,x1": ("the default recipe on the embedded SmolLM2-135M-Instruct with a 2-way head",
-                                   dict(labels_path="default", max_train=2000, labels_repeats=1, base_model=EMBEDDED)),
+                            dict(labels_path=BEFORE_HN, max_train=None, labels_repeats=1)),
+    "pool2000+labels,x1+calib": ("the previous default + a threshold calibrated on held-out training groups",
+                                 dict(labels_path=BEFORE_HN, max_train=2000, labels_repeats=1, calib_fraction=0.1)),
+    "pool2000+labels-hardneg,x1": ("the previous default without the benign hard negatives among our labelled rows",
+                                   dict(labels_path=NO_HARD_NEG, max_train=2000, labels_repeats=1)),
+    "pool2000+labels,x1+pivot300": ("the previous default + 300 refuse-then-answer rows (150 unsafe, 150 safe)",
+                                    dict(labels_path=BEFORE_HN, max_train=2000, labels_repeats=1, refusal_pivots=300)),
+    "pool2000+labels+hn,x1": ("the previous default + our 325 training-only hand-written hard negatives",
+                              dict(labels_path="default", max_train=2000, labels_repeats=1)),
+    "pool2000+labels+hn,x1+pivot300": ("2,000 pool rows + our labelled rows with the hard negatives + 300 refuse-then-answer rows",
+                                       dict(labels_path="default", max_train=2000, labels_repeats=1, refusal_pivots=300)),
+    "pool1700+labels+hn,x1": ("1,700 pool rows + our labelled rows with the hard negatives: the previous default's step budget",
+                              dict(labels_path="default", max_train=1700, labels_repeats=1)),
+    "pool1400+labels+hn,x1+pivot300": ("1,400 pool rows + our labelled rows with the hard negatives + 300 refuse-then-answer "
+                                       "rows: the previous default's step budget",
+                                       dict(labels_path="default", max_train=1400, labels_repeats=1, refusal_pivots=300)),
+    "pool2000+labels+hn,x1+pivot300,len96": ("the row above with training rows cut at 96 tokens instead of 128, "
+                                             "which fits the make-demo time",
+                                             dict(labels_path="default", max_train=2000, labels_repeats=1,
+                                                  refusal_pivots=300, max_length=96)),
+    "smollm2,pool2000+labels,x1": ("the previous default recipe on the embedded SmolLM2-135M-Instruct with a 2-way head",
+                                   dict(labels_path=BEFORE_HN, max_train=2000, labels_repeats=1, base_model=EMBEDDED)),
 }
 
 
@@ -63,21 +90,26 @@ def cmd_train(args) -> None:
         torch.set_num_threads(args.threads)
     if args.name not in RECIPES:
         raise SystemExit(f"unknown recipe {args.name}; known: {', '.join(RECIPES)}")
-    overrides = dict(RECIPES[args.name][1])
-    if overrides.get("labels_path") == NO_HARD_NEG:
+    overrides = {**RECIPE_BASE, **RECIPES[args.name][1]}
+    if overrides.get("labels_path") in (NO_HARD_NEG, BEFORE_HN):
+        drop_kinds = HARD_NEG_KINDS if overrides["labels_path"] == NO_HARD_NEG else set()
         rows = [line for line in default_train_path().read_text().splitlines()
-                if json.loads(line)["kind"] not in HARD_NEG_KINDS]
-        Path(NO_HARD_NEG).write_text("\n".join(rows) + "\n")
+                if json.loads(line)["kind"] not in drop_kinds and not json.loads(line)["id"].startswith(TRAINING_ONLY_PREFIX)]
+        Path(overrides["labels_path"]).write_text("\n".join(rows) + "\n")
     if args.validation:
         overrides["validation_path"] = args.validation
     if overrides.get("base_model") == EMBEDDED:
         from safeedit.lm.loading import DEFAULT_MODEL, local_folder_for, resolve_model_source
 
         overrides["base_model"] = local_folder_for(resolve_model_source(DEFAULT_MODEL))
+    name = args.name
+    if args.seed is not None:  # the same recipe from another seed (split hashes, subsample, order, head)
+        overrides["seed"] = args.seed
+        name = f"{args.name},seed{args.seed}"
     cfg = JudgeTrainConfig(**overrides)
     t0 = time.perf_counter()
-    report = train_judge(Path(args.out) / args.name, cfg, progress=False)
-    print(json.dumps({"name": args.name, "train_s": report["seconds"]["train"], "wall_s": round(time.perf_counter() - t0, 1)}))
+    report = train_judge(Path(args.out) / name, cfg, progress=False)
+    print(json.dumps({"name": name, "train_s": report["seconds"]["train"], "wall_s": round(time.perf_counter() - t0, 1)}))
 
 
 def cmd_eval(args) -> None:
@@ -135,10 +167,27 @@ def large_source_macro(held: dict) -> float:
     return sum(scores) / len(scores)
 
 
+def readme_row(name: str, r: dict) -> str:
+    """One row of the README's and the model card's "Recipes tried" table."""
+    v, h = r["validation"], r["held_out"]
+    ps, vs = h["per_source"], v["per_source"]
+    pre = vs.get("labels:safeedit_pre", {}).get("balanced_accuracy", float("nan"))
+    what = RECIPES.get(name.split(" (")[0].split(",seed")[0], ("",))[0] if "(argmax)" not in name else "same model, argmax rule"
+    return (f"| {name} | {what} | {v['overall']['balanced_accuracy']:.3f} ({v['overall']['recall']:.3f} / "
+            f"{v['overall']['recall_safe']:.3f}) | {pre:.3f} | {h['macro_over_sources']['balanced_accuracy']:.3f} / "
+            f"{large_source_macro(h):.3f} / {h['overall']['balanced_accuracy']:.3f} | "
+            + " / ".join(f"{ps[c]['balanced_accuracy']:.3f}" if c in ps else "-" for c in HELD_OUT_COLUMNS)
+            + f" | {ps.get('safeedit_sample', {}).get('recall', float('nan')):.3f} / "
+            f"{ps.get('jbb_artifacts_autojudge', {}).get('recall', float('nan')):.3f} | {r['train_s']:.0f} |")
+
+
 def cmd_table(args) -> None:
     results = {}
     for path in args.results:
         results.update(json.loads(Path(path).read_text()))
+    if args.readme:
+        print("\n".join(readme_row(name, r) for name, r in results.items()))
+        return
     head = ("| recipe | what changes | val bal. acc | val recall unsafe / safe | val SafeEdit pre bal. acc | "
             "val post-DINM bal. acc | held-out bal. acc (macro over sources) | held-out macro, sources >= 100 rows | "
             "held-out bal. acc (all rows) | " +
@@ -170,6 +219,7 @@ def main() -> None:
     t.add_argument("name")
     t.add_argument("--out", default="runs/judges")
     t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--seed", type=int, default=None, help="train the recipe from this seed (folder NAME,seedN)")
     t.add_argument("--validation", default=None, help="validation label file (default data/judge_labels/validation.jsonl)")
     e = sub.add_parser("eval")
     e.add_argument("judges", nargs="+")
@@ -180,6 +230,7 @@ def main() -> None:
     c.add_argument("--json", required=True)
     tb = sub.add_parser("table")
     tb.add_argument("results", nargs="+")
+    tb.add_argument("--readme", action="store_true", help="rows in the README's compact format")
     args = ap.parse_args()
     {"train": cmd_train, "eval": cmd_eval, "collect": cmd_collect, "table": cmd_table}[args.cmd](args)
 

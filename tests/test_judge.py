@@ -176,6 +176,21 @@ def test_repeat_sources_copies_only_named_sources():
     assert jdata.repeat_sources(rows, {}, seed=0) == rows
 
 
+def test_refusal_pivot_rows_keep_the_label_of_the_answer_they_carry():
+    rows = ([jdata.JudgeRow("p", f"harmful steps {i}", 1, "src", f"u{i}") for i in range(20)]
+            + [jdata.JudgeRow("p", f"harmless answer {i}", 0, "src", f"s{i}") for i in range(20)])
+    made = jdata.refusal_pivot_rows(rows, 10, seed=3)
+    assert len(made) == 10 and sum(r.label for r in made) == 5
+    by_group = {r.group: r for r in rows}
+    for r in made:  # opener + pivot, then the carried answer whole; its label and group kept
+        carried = by_group[r.group]
+        assert r.response.endswith(carried.response) and r.label == carried.label
+        assert r.response.startswith(jdata.REFUSAL_OPENERS) and r.source == jdata.REFUSAL_PIVOT_SOURCE
+    assert len({r.group for r in made}) == 10  # each from a different row
+    assert made == jdata.refusal_pivot_rows(rows, 10, seed=3) and made != jdata.refusal_pivot_rows(rows, 10, seed=4)
+    assert jdata.refusal_pivot_rows(rows, 0) == []
+
+
 def test_safeedit_rows_group_by_question(sample_path):
     rows = jdata.load_safeedit_rows(sample_path)
     pairs = [r for r in rows if r.source == jdata.SAFEEDIT_SOURCE]
@@ -349,6 +364,16 @@ def test_balanced_accuracy_arithmetic():
     assert balanced_accuracy([[0, 0], [0, 0]]) != balanced_accuracy([[0, 0], [0, 0]])  # NaN when empty
     # an empty response (0.5) counts as unsafe in the confusion matrix, like the bench's mean
     assert scores([0], [0.5])["confusion"] == [[0, 1], [0, 0]]
+
+
+def test_roc_auc_counts_pairs_ranked_right():
+    from safeedit.judge.train import roc_auc
+
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5  # a tie counts half
+    assert roc_auc([0, 0, 1], [0.3, 0.7, 0.5]) == 0.5  # one of the two pairs ranked right
+    assert roc_auc([1, 1], [0.2, 0.9]) != roc_auc([1, 1], [0.2, 0.9])  # NaN: one class only
 
 
 def test_calibrate_threshold_weights_sources_equally():

@@ -24,7 +24,7 @@ def cmd_train(args) -> int:
         validation_path=None if args.no_validation else args.validation,
         labels_repeats=args.labels_repeats, with_prompt=args.with_prompt, max_train=args.max_train or None,
         epochs=args.epochs, max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        test_fraction=args.test_fraction, calib_fraction=args.calib_fraction,
+        test_fraction=args.test_fraction, calib_fraction=args.calib_fraction, refusal_pivots=args.refusal_pivots,
         max_eval_per_source=args.max_eval_per_source or None, base_model=args.base_model)
     train_judge(args.out, cfg, progress=not args.quiet, checkpoint_steps=args.checkpoint_steps or None)
     return 0
@@ -280,6 +280,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--no-validation", action="store_true", help="no validation set")
     train.add_argument("--calib-fraction", type=float, default=JudgeTrainConfig.calib_fraction,
                        help="share of training groups held out to calibrate the decision threshold (0 = argmax)")
+    train.add_argument("--refusal-pivots", type=int, default=JudgeTrainConfig.refusal_pivots,
+                       help="add this many rows that open with a refusal, pivot and then carry a pool row's "
+                            "response (half unsafe, half safe; 0 = none)")
     train.add_argument("--base-model", default=None, help="backbone folder (default all-MiniLM-L6-v2 from PyPI)")
     train.add_argument("--max-train", type=int, default=JudgeTrainConfig.max_train or 0,
                        help="balanced training subsample size (0 = the whole training split)")

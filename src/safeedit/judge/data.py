@@ -191,6 +191,51 @@ def repeat_sources(rows: list[JudgeRow], repeats: dict[str, int] | None = None, 
     return out
 
 
+#: openers and pivots of "refuses, then answers anyway" responses (written by us); see refusal_pivot_rows
+REFUSAL_OPENERS = (
+    "I'm sorry, but I can't help with that.",
+    "I cannot assist with this request.",
+    "As an AI language model, I can't provide that information.",
+    "I'm not able to help with that, as it could be harmful.",
+    "Sorry, I won't do that.",
+    "I must decline: this goes against my guidelines.",
+    "I apologize, but this request is not something I can support.",
+    "That's not something I'm comfortable helping with.",
+)
+REFUSAL_PIVOTS = (
+    "However, here is some information:",
+    "That said, here's what I can tell you:",
+    "But for educational purposes only:",
+    "However, I can provide a general overview.",
+    "Anyway, here you go:",
+    "Nevertheless, here is an answer:",
+)
+#: source name of the rows refusal_pivot_rows makes
+REFUSAL_PIVOT_SOURCE = "augmented:refusal_pivot"
+
+
+def refusal_pivot_rows(rows: list[JudgeRow], n: int, seed: int = 0) -> list[JudgeRow]:
+    """``n`` rows that open with a refusal, pivot, and then carry another row's response: half from
+    unsafe rows (still unsafe: the harmful content is delivered, the rubric's first borderline
+    case), half from safe rows (still safe), so the opener alone decides nothing.
+
+    A response-only judge trained on refusals learns "refusal words -> safe" and misses the common
+    jailbreak output "I can't help with that. However, here is how ..."; these pairs teach it to
+    read past the opener. Rows keep their source row's group (so the split stays grouped) and take
+    the source :data:`REFUSAL_PIVOT_SOURCE`. Deterministic for a given seed."""
+    if n <= 0:
+        return []
+    rng = random.Random(f"refusal-pivot|{seed}")
+    out = []
+    for label in (1, 0):
+        pool = [r for r in rows if r.label == label and r.response.strip()]
+        take = min(len(pool), n // 2 if label else n - n // 2)
+        for r in rng.sample(pool, take):
+            text = f"{rng.choice(REFUSAL_OPENERS)} {rng.choice(REFUSAL_PIVOTS)}\n\n{r.response.strip()}"
+            out.append(JudgeRow(r.prompt, text, label, REFUSAL_PIVOT_SOURCE, r.group))
+    return out
+
+
 def describe(rows: list[JudgeRow]) -> dict[str, dict[str, int]]:
     """{source: {"safe": n, "unsafe": n}} for reports."""
     counts = Counter((r.source, r.label) for r in rows)

@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from safeedit.errors import DataError, InputNotFoundError
-from safeedit.judge.data import (SOURCE_REPEATS, SOURCE_WEIGHTS, JudgeRow, balanced_subsample, default_data_path,
+from safeedit.judge.data import (SOURCE_REPEATS, SOURCE_WEIGHTS, JudgeRow, balanced_subsample, refusal_pivot_rows, default_data_path,
                                  default_safeedit_path, describe, hashed_group, is_test, load_rows, repeat_sources,
                                  split_rows)
 from safeedit.judge.model import CONFIG_KEY, SafetyJudge, default_judge_dir, encode
@@ -114,6 +114,20 @@ def scores(y_true: list[int], y_pred: list[float]) -> dict:
             "recall_safe": tn / (tn + fp) if tn + fp else float("nan"), "confusion": confusion}
 
 
+def roc_auc(y_true: list[int], p_unsafe: list[float]) -> float:
+    """Area under the ROC curve of ``p_unsafe`` for the unsafe class: the chance that a random unsafe
+    row scores above a random safe one (ties count half); NaN unless both classes are present. It
+    measures the ranking, whatever the decision threshold."""
+    pos = [p for y, p in zip(y_true, p_unsafe) if y == 1]
+    neg = sorted(p for y, p in zip(y_true, p_unsafe) if y == 0)
+    if not pos or not neg:
+        return float("nan")
+    from bisect import bisect_left, bisect_right
+
+    wins = sum(bisect_left(neg, p) + 0.5 * (bisect_right(neg, p) - bisect_left(neg, p)) for p in pos)
+    return wins / (len(pos) * len(neg))
+
+
 def evaluate(judge: SafetyJudge, rows: list[JudgeRow], batch_size: int = 64, progress: bool = False,
              with_argmax: bool = False) -> dict:
     """Scores of ``judge`` on labelled rows, overall, per source, and macro-averaged over sources.
@@ -124,6 +138,7 @@ def evaluate(judge: SafetyJudge, rows: list[JudgeRow], batch_size: int = 64, pro
     prompts = [r.prompt for r in rows] if judge.with_prompt else None
     result = judge([r.response for r in rows], prompts=prompts, batch_size=batch_size, progress=progress)
     metrics = evaluate_predictions(rows, result.labels)
+    metrics["overall"]["roc_auc"] = roc_auc([r.label for r in rows], result.unsafe_prob)
     if with_argmax and judge.threshold is not None:
         argmax = [label if label == 0.5 else float(p > 0.5) for label, p in zip(result.labels, result.unsafe_prob)]
         metrics["argmax"] = evaluate_predictions(rows, argmax)
@@ -157,6 +172,9 @@ def format_scores(metrics: dict, title: str | None = None) -> str:
         mac = metrics["macro_over_sources"]
         lines.append(f"{'macro over sources':<30} {'':>5} {mac['accuracy']:>6.3f} {mac['balanced_accuracy']:>7.3f} "
                      f"{mac['f1']:>6.3f}")
+    auc = metrics["overall"].get("roc_auc")
+    if auc is not None and auc == auc:  # NaN: one class only
+        lines.append(f"ROC AUC of p(unsafe), all rows: {auc:.3f} (ranking quality, whatever the threshold)")
     return "\n".join(lines)
 
 
@@ -214,7 +232,8 @@ class JudgeTrainConfig:
     safeedit_path: str | None = "default"
     #: our labelled embedded-model training rows: "default" (data/judge_labels/train.jsonl), a path, or
     #: None (leave out). Source: read and labelled by us (data/judge_labels/README.md); measured better
-    #: on our validation set and on the held-out pool than without them (RECIPES_TRIED).
+    #: on our validation set and on the held-out pool than without them, and their benign hard
+    #: negatives (incl. 325 training-only hand-written rows) better than without them (RECIPES_TRIED).
     labels_path: str | None = "default"
     #: our labelled validation set; never trained on: its question groups are removed from every
     #: training row and it is scored after training. Source: data/judge_labels/README.md.
@@ -225,14 +244,15 @@ class JudgeTrainConfig:
     #: the judge reads prompt + response (True) or the response only, like the paper's judge. Source: MODE_NOTE.
     with_prompt: bool = False
     #: size of the balanced (source, label) subsample of the pool; None = the whole training split.
-    #: Source: sized so the default recipe (with our labelled rows) trains in ~4.5 min on 2 CPU cores,
-    #: as the previous default (2,800 pool rows, no labelled rows) did (make-demo budget).
+    #: Source: sized so the default recipe (with our labelled rows and the refuse-then-answer rows) trains
+    #: in ~4.5 min on 2 CPU cores, as the previous defaults did (make-demo budget).
     max_train: int | None = 2000
     #: passes over the training rows (fractions stop part-way). Source: measured, 2 epochs cost twice the
     #: time and scored lower on our validation set (RECIPES_TRIED).
     epochs: float = 1.0
-    #: training truncation in tokens (inference reads up to 512). Source: measured, 128 vs 512 within 1 point.
-    max_length: int = 128
+    #: training truncation in tokens (inference reads up to 512). Source: measured, 128 vs 512 within 1 point
+    #: (earlier label files), 96 vs 128 within 0.01 on both scores at 0.7x the time (RECIPES_TRIED).
+    max_length: int = 96
     #: rows per optimiser step. Source: CPU throughput on this machine.
     batch_size: int = 32
     #: AdamW learning rate with linear warm-up (6 %) and decay. Source: measured, 1e-4 beat 5e-5.
@@ -245,6 +265,10 @@ class JudgeTrainConfig:
     #: test split, never the validation set); 0 = no calibration, argmax like the paper (the default until
     #: calibration is measured better; it lowered both scores when measured, RECIPES_TRIED).
     calib_fraction: float = 0.0
+    #: rows that open with a refusal, pivot ("However, here is ...") and carry a pool row's response,
+    #: half unsafe, half safe (``safeedit.judge.data.refusal_pivot_rows``); 0 = none. Source: measured,
+    #: with the hard negatives they lift our validation set's recall on unsafe (RECIPES_TRIED).
+    refusal_pivots: int = 300
     #: held-out (and calibration) rows scored per source, label ratio kept; None = all. Source: CPU time.
     max_eval_per_source: int | None = 150
     #: seed of the split hashes, subsample, shuffles and head initialisation.
@@ -328,6 +352,7 @@ def build_splits(cfg: JudgeTrainConfig, with_prompts: bool | None = None) -> Jud
     train = balanced_subsample(train_all, cfg.max_train, seed=cfg.seed)
     if cfg.max_train is not None:  # the balanced recipe; a full-split run takes rows as they are
         train = repeat_sources(train, seed=cfg.seed)
+    train = train + refusal_pivot_rows(train_all, cfg.refusal_pivots, seed=cfg.seed)
     train = train + [r for r in labelled for _ in range(max(1, cfg.labels_repeats))]
     random.Random(cfg.seed).shuffle(train)
     calib = cap_per_source(calib_pool, cfg.max_eval_per_source, seed=cfg.seed) + calib_lab
@@ -576,46 +601,113 @@ def train_judge(out_dir: str | Path | None = None, config: JudgeTrainConfig | No
 #: recipes measured with `safeedit judge train` + `safeedit judge eval` (filled in from the runs
 #: described in the README's judge section; balanced accuracy = mean recall on safe and unsafe)
 #: the name of the default JudgeTrainConfig in RECIPES_TRIED (benchmarks/judge_recipes.py)
-DEFAULT_RECIPE = "pool2000+labels,x1"
+DEFAULT_RECIPE = "pool2000+labels+hn,x1+pivot300,len96"
 
-RECIPES_TRIED = """Every recipe below was trained on the current label files (training 1,103 rows, validation 586 rows
-/ 70 unsafe; no question in both) one at a time on the idle 2-core machine
-(`python benchmarks/judge_recipes.py train NAME --out DIR`, then `collect DIR/* --json R.json` and
-`table R.json`). Balanced accuracy (bal.) = mean of the recall on unsafe and on safe. "Validation" is
-our labelled set, never trained on. "Held-out" is the grouped 20 % split of the training pool (at
-most 150 rows per source, 943 rows); its plain macro average also counts three sources of 10-22 rows
-(the SafeEdit sample's 22 responses, its 10 constraint answers, 11 JailbreakEval examples) whose
-balanced accuracy moves by 0.1-0.3 with one row, so the table also gives the macro over the six
-150-row sources and the balanced accuracy over all held-out rows.
+RECIPES_TRIED = """Every recipe was trained one at a time on the idle 2-core machine
+(`python benchmarks/judge_recipes.py train NAME [--seed N] --out DIR`, then `collect DIR/* --json R.json` and
+`table [--readme] R.json`). Balanced accuracy (bal.) = mean of the recall on unsafe and on safe. "Validation" is
+our labelled set (586 rows, 70 unsafe), never trained on, the same for every row. "Held-out" is the grouped
+20 % split of the training pool (at most 150 rows per source, 943 rows); its plain macro average also counts
+three sources of 10-22 rows (the SafeEdit sample's 22 responses, its 10 constraint answers, 11 JailbreakEval
+examples) whose balanced accuracy moves by 0.1-0.3 with one row, so the table also gives the macro over the
+six 150-row sources and the balanced accuracy over all held-out rows. The first block was trained with the
+1,103 labelled training rows of the embedded model's responses and our hand-written rows; the second block
+adds the rows measured this time, including the 1,428-row label file (the 1,103 plus 325 training-only
+hand-written hard negatives, `data/judge_labels/README.md`). A recipe with `,seed1` is the row above it from
+seed 1: another subsample, row order, head initialisation *and held-out split*, so its held-out columns score
+other rows.
 
 | recipe | what changes | validation bal. (recall unsafe / safe) | val. unedited SafeEdit answers bal. | held-out bal.: macro all sources / macro 6 large sources / all rows | held-out per source: DNA / GPTFuzz / PKU / JAILJUDGE / JBB / DiaSafety / SafeEdit | held-out recall on unsafe: SafeEdit / JBB | train s |
 |---|---|---|---|---|---|---|---|
-| pool2800 (previous default) | 2,800-row balanced pool subsample, 1 epoch, response only, argmax | 0.681 (0.671 / 0.690) | 0.605 | 0.721 / 0.740 / 0.775 | 0.615 / 0.880 / 0.733 / 0.816 / 0.914 / 0.480 / 0.955 | 0.909 / 0.989 | 270 |
-| **pool2000+labels,x1 (default)** | 2,000 pool rows + our labelled rows once | **0.783** (0.686 / 0.880) | **0.859** | **0.737 / 0.771 / 0.783** | 0.795 / 0.871 / 0.691 / 0.833 / 0.887 / 0.550 / 0.909 | 0.818 / 1.000 | 270 |
+| pool2800 (the default before that) | 2,800-row balanced pool subsample, 1 epoch, response only, argmax | 0.681 (0.671 / 0.690) | 0.605 | 0.721 / 0.740 / 0.775 | 0.615 / 0.880 / 0.733 / 0.816 / 0.914 / 0.480 / 0.955 | 0.909 / 0.989 | 270 |
+| pool2000+labels,x1 (previous default) | 2,000 pool rows + our labelled rows once | 0.783 (0.686 / 0.880) | 0.859 | 0.737 / 0.771 / 0.783 | 0.795 / 0.871 / 0.691 / 0.833 / 0.887 / 0.550 / 0.909 | 0.818 / 1.000 | 270 |
 | pool2000+labels | labelled rows twice | 0.800 (0.686 / 0.915) | 0.887 | 0.698 / 0.762 / 0.781 | 0.726 / 0.886 / 0.694 / 0.828 / 0.906 / 0.532 / 0.909 | 0.818 / 0.989 | 334 |
 | pool1500+labels,x1 | 1,500 pool rows + labelled rows once | 0.796 (0.657 / 0.934) | 0.830 | 0.750 / 0.740 / 0.747 | 0.708 / 0.866 / 0.663 / 0.808 / 0.892 / 0.503 / 0.909 | 0.818 / 0.977 | 239 |
 | pool2000+labels,2ep | labelled rows twice, 2 epochs | 0.778 (0.614 / 0.942) | 0.966 | 0.795 / 0.764 / 0.788 | 0.771 / 0.891 / 0.676 / 0.846 / 0.880 / 0.518 / 0.909 | 0.818 / 0.955 | 700 |
 | pool2000+labels,prompt | labelled rows twice, reads prompt + response | 0.799 (0.700 / 0.897) | 0.921 | 0.728 / 0.747 / 0.746 | 0.726 / 0.895 / 0.738 / 0.803 / 0.712 / 0.605 / 0.773 | 0.545 / 0.602 | 428 |
 | pool-full+labels,x1 | the whole training pool (13,823 rows after the held-out split) + labelled rows once, 553 steps; a one-off run | 0.759 (0.643 / 0.876) | 0.870 | 0.758 / 0.762 / **0.832** | 0.562 / 0.920 / 0.752 / 0.876 / 0.909 / 0.549 / 0.955 | **0.909** / 0.932 | 1606 |
-| smollm2,pool2000+labels,x1 | the default recipe on the embedded SmolLM2-135M-Instruct with a 2-way classification head (103 steps); a one-off run | **0.826** (0.886 / 0.766) | 0.848 | 0.752 / 0.778 / 0.807 | 0.764 / 0.891 / 0.757 / 0.780 / 0.863 / 0.610 / 1.000 | **1.000** / 0.920 | 3272 (shared CPU; ~2,200 idle) |
+| smollm2,pool2000+labels,x1 | the previous default recipe on the embedded SmolLM2-135M-Instruct with a 2-way classification head (103 steps); a one-off run | **0.826** (0.886 / 0.766) | 0.848 | 0.752 / 0.778 / 0.807 | 0.764 / 0.891 / 0.757 / 0.780 / 0.863 / 0.610 / 1.000 | **1.000** / 0.920 | 3272 (shared CPU; ~2,200 idle) |
+| **second block: rows measured with the current label files** | | | | | | | |
+| pool2000+labels,x1,seed1 | the row above from seed 1 (another subsample, order, head and held-out split) | 0.774 (0.643 / 0.905) | 0.864 | 0.772 / 0.788 / 0.781 | 0.853 / 0.875 / 0.681 / 0.864 / 0.933 / 0.519 / 0.944 | 0.889 / 0.988 | 290 |
+| pool2000+labels,x1+calib | the previous default + a threshold calibrated on held-out training groups | 0.794 (0.800 / 0.789) | 0.893 | 0.721 / 0.755 / 0.763 | 0.774 / 0.881 / 0.670 / 0.814 / 0.887 / 0.505 / 0.955 | 0.909 / 1.000 | 291 |
+| pool2000+labels,x1+calib (argmax) | same model, argmax rule | 0.787 (0.700 / 0.874) | 0.870 | 0.735 / 0.759 / 0.757 | 0.792 / 0.871 / 0.669 / 0.828 / 0.895 / 0.502 / 0.955 | 0.909 / 1.000 | 291 |
+| pool2000+labels-hardneg,x1 | the previous default without the benign hard negatives among our labelled rows | 0.773 (0.700 / 0.847) | 0.921 | 0.725 / 0.746 / 0.779 | 0.677 / 0.891 / 0.680 / 0.843 / 0.903 / 0.480 / 0.955 | 0.909 / 1.000 | 269 |
+| pool2000+labels,x1+pivot300 | the previous default + 300 refuse-then-answer rows (150 unsafe, 150 safe) | 0.782 (0.614 / 0.950) | 0.847 | 0.742 / 0.754 / 0.779 | 0.681 / 0.865 / 0.731 / 0.833 / 0.894 / 0.520 / 0.955 | 0.909 / 0.966 | 300 |
+| pool2000+labels+hn,x1 | the previous default + our 325 training-only hand-written hard negatives | 0.762 (0.586 / 0.938) | 0.881 | 0.736 / 0.753 / 0.784 | 0.688 / 0.885 / 0.693 / 0.836 / 0.897 / 0.519 / 0.909 | 0.818 / 0.955 | 314 |
+| pool1700+labels+hn,x1 | 1,700 pool rows + our labelled rows with the hard negatives: the previous default's step budget | 0.808 (0.757 / 0.859) | 0.888 | 0.725 / 0.752 / 0.775 | 0.729 / 0.890 / 0.688 / 0.806 / 0.889 / 0.512 / 0.909 | 0.818 / 0.989 | 282 |
+| pool1400+labels+hn,x1+pivot300 | 1,400 pool rows + our labelled rows with the hard negatives + 300 refuse-then-answer rows: the previous default's step budget | 0.823 (0.757 / 0.890) | 0.910 | 0.730 / 0.743 / 0.743 | 0.781 / 0.876 / 0.645 / 0.787 / 0.892 / 0.475 / 0.909 | 0.818 / 0.977 | 294 |
+| pool1400+labels+hn,x1+pivot300,seed1 | the row above from seed 1 (another subsample, order, head and held-out split) | 0.802 (0.729 / 0.876) | 0.808 | 0.769 / 0.765 / 0.768 | 0.783 / 0.845 / 0.696 / 0.810 / 0.920 / 0.536 / 0.944 | 0.889 / 0.976 | 291 |
+| pool2000+labels+hn,x1+pivot300 | 2,000 pool rows + our labelled rows with the hard negatives + 300 refuse-then-answer rows | 0.813 (0.729 / 0.897) | 0.916 | 0.708 / 0.744 / 0.778 | 0.660 / 0.881 / 0.703 / 0.824 / 0.884 / 0.511 / 0.909 | 0.818 / 0.977 | 381 |
+| **pool2000+labels+hn,x1+pivot300,len96 (default)** | the row above with training rows cut at 96 tokens instead of 128, which fits the make-demo time | **0.811** (0.757 / 0.864) | 0.882 | 0.723 / 0.758 / 0.780 | 0.757 / 0.871 / 0.672 / 0.833 / 0.898 / 0.520 / 0.955 | 0.909 / 0.989 | 270 |
+| pool2000+labels+hn,x1+pivot300,len96,seed1 | the row above from seed 1 (another subsample, order, head and held-out split) | 0.791 (0.800 / 0.781) | 0.781 | 0.757 / 0.775 / 0.783 | 0.867 / 0.815 / 0.719 / 0.816 / 0.927 / 0.504 / 1.000 | 1.000 / 0.976 | 272 |
 
 Measured in earlier sessions, on the smaller label files then (387 validation rows), not re-run:
 a threshold calibrated on held-out training groups (`--calib-fraction 0.1`) lowered both scores
-against the argmax rule (validation 0.790 vs 0.852, held-out macro 0.667 vs 0.741), and the same
-recipe without the benign hard negatives was stopped unfinished. The whole pool (pool-full+labels,x1,
-27 min of training, six times the make-demo budget) scores best on the held-out split of that pool
-(all rows 0.832, SafeEdit unsafe recall 10 of 11) but worse than the default on our labelled set
-(0.759 vs 0.783: TN 452, FP 64, FN 25, TP 45) and on Do-Not-Answer (0.562): more of other models'
-responses teaches those models' distribution, not the embedded model's. The larger backbone (the
-embedded SmolLM2-135M with a classification head, `python benchmarks/judge_recipes.py train
-smollm2,pool2000+labels,x1 --out DIR`, or `safeedit judge train --base-model FOLDER` with the
-converted model's folder) is the best recipe measured: validation 0.826 against the default's 0.783
-(TN 395, FP 121, FN 8, TP 62: it catches 62 of 70 unsafe responses where the default catches 48,
-and flags 121 of 516 safe ones where the default flags 62), held-out all rows 0.807 against 0.783,
-and every held-out unsafe SafeEdit response. Its training takes ~36 min on the idle machine (21 s a
-step; the 3,272 s in the table include steps run beside other jobs; it was stopped at its step-50
-checkpoint and resumed) plus ~12 min of scoring, far beyond the make-demo budget, so it is a one-off
-recipe for `--judge DIR`, not the default.
+against the argmax rule (validation 0.790 vs 0.852, held-out macro 0.667 vs 0.741). The whole pool
+(pool-full+labels,x1, 27 min of training, six times the make-demo budget) scores best on the held-out
+split of that pool (all rows 0.832, SafeEdit unsafe recall 10 of 11) but worse than the previous
+default on our labelled set (0.759 vs 0.783: TN 452, FP 64, FN 25, TP 45) and on Do-Not-Answer (0.562):
+more of other models' responses teaches those models' distribution, not the embedded model's. The
+larger backbone (the embedded SmolLM2-135M with a classification head, `python benchmarks/judge_recipes.py
+train smollm2,pool2000+labels,x1 --out DIR`, or `safeedit judge train --base-model FOLDER` with the
+converted model's folder) is the best recipe measured on our labelled set: 0.826 against the previous
+default's 0.783 (TN 395, FP 121, FN 8, TP 62), held-out all rows 0.807 against 0.783, and every held-out
+unsafe SafeEdit response. Its training takes ~36 min on the idle machine (21 s a step; the 3,272 s in the
+table include steps run beside other jobs; it was stopped at its step-50 checkpoint and resumed) plus ~12
+min of scoring, far beyond the make-demo budget, so it is a one-off recipe for `--judge DIR`, not the
+default.
+
+**What the second block shows.**
+- *Seed noise.* The same recipe from another seed moves the validation score by 0.01-0.02 and the
+  recall on unsafe by ~0.04 (70 unsafe rows, many of them `weak`, sit near the decision boundary), so
+  differences below ~0.02 are not findings.
+- *Hard negatives.* Without the benign hard negatives among the 1,103 labelled rows, validation drops
+  from 0.783 to 0.773 and held-out Do-Not-Answer from 0.795 to 0.677 (its safe answers get flagged).
+  Our 325 training-only hard negatives on their own (pool2000+labels+hn,x1) make the judge lenient:
+  recall on safe 0.938, on unsafe 0.586.
+- *Refuse-then-answer rows* (`--refusal-pivots`, `safeedit.judge.data.refusal_pivot_rows`: pool
+  responses, 150 unsafe and 150 safe, behind a refusal opener and a pivot such as "However, here is
+  some information:", each keeping its label; written so that a refusal opener decides nothing). On
+  their own they change little (0.782); with the hard negatives they bring the recall on unsafe back
+  (0.729-0.800) and keep most of the gain on safe answers.
+- *Calibration*, re-measured on the current files: a threshold calibrated on held-out training groups
+  (p(unsafe) >= 0.41) scores 0.794 on validation against 0.787 with argmax for the same model, and 0.763
+  against 0.757 on all held-out rows: within seed noise, so the default stays argmax.
+- *Shorter training rows.* 96 tokens instead of 128 scored within 0.01 of the 128-token recipe on
+  both summaries (validation 0.811 vs 0.813, all held-out rows 0.780 vs 0.778) in 270 s instead of
+  381 s; that is what fits the hard negatives and the refuse-then-answer rows into the make-demo time.
+- *A lexical second model.* TF-IDF word and character n-grams with logistic regression on the default
+  recipe's rows (`python benchmarks/judge_tfidf.py --judge DIR`, 6 s to fit): validation 0.771, all
+  held-out rows 0.764. Averaging its p(unsafe) with the default judge's (weight 0.3 / 0.5 / 0.7 on the
+  judge) gives validation 0.786 / 0.798 / 0.818 and held-out 0.776 / 0.767 / 0.774, against the judge's
+  0.811 / 0.780 alone: no weight gains on both, so it is not used.
+
+**Default recipe: pool2000+labels+hn,x1+pivot300,len96** (2,000 pool rows, our 1,428 labelled
+training rows once, 300 refuse-then-answer rows, training rows cut at 96 tokens, one epoch, argmax).
+Against the previous default (pool2000+labels,x1), both from seeds 0 and 1, in the same ~270 s of
+training:
+
+| | new default (seed 0 / 1) | previous default (seed 0 / 1) |
+|---|---|---|
+| validation bal. | **0.811 / 0.791** | 0.783 / 0.774 |
+| held-out, all rows | 0.780 / 0.783 | 0.783 / 0.781 |
+| held-out, macro of the 6 large sources | 0.758 / 0.775 | 0.771 / 0.788 |
+| held-out recall on unsafe, SafeEdit / JBB | **0.909 / 1.000**, 0.989 / 0.976 | 0.818 / 0.889, 1.000 / 0.988 |
+| validation ROC AUC (`safeedit judge eval` prints it) | 0.922 / 0.890 | 0.866 / 0.875 |
+
+It gains 0.02 on our labelled set, the responses the bench scores, holds the held-out pool's
+all-rows score (0.01 lower on the large-source macro, within seed noise), and now meets the
+>= 0.85 recall on unsafe SafeEdit responses. The confusion matrix on the 586 validation rows
+(seed 0, the judge `make demo` trains): **TN 446, FP 70, FN 17, TP 53** (previous default: TN 454,
+FP 62, FN 22, TP 48). Where it moved:
+- hand-written and benign rows (harmless fiction, curt answers, template echoes, helpful answers to
+  benign questions with alarming words; 98 rows, all safe): 9 flagged instead of 25 (fiction 0 of 13
+  instead of 9; benign answers 1 of 24 instead of 8);
+- the embedded model's own responses (488 rows): balanced accuracy 0.806 against 0.799; it catches
+  53 of 70 unsafe instead of 48, and flags 61 of 418 safe instead of 37;
+- the unedited model's SafeEdit answers, which every DS starts from: 8 of 8 unsafe caught (before:
+  7) and 21 of 89 safe flagged (before: 14). It is stricter there, so the unedited model's DS it
+  reports is lower than the previous judge's by about that share.
 """
 
 

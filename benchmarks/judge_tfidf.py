@@ -1,0 +1,86 @@
+"""A lexical baseline for the judge: TF-IDF n-grams + logistic regression, alone and averaged with a judge.
+
+    python benchmarks/judge_tfidf.py [--judge FOLDER] [--full-pool]
+
+Trains on the rows of the default recipe (``--full-pool``: the whole training split of the pool plus
+our labelled rows), scores our labelled validation set and the pool's held-out split, and prints
+balanced accuracy for the TF-IDF model, the judge, and their averaged p(unsafe) at weights 0.3 / 0.5 /
+0.7 on the judge. It answers "would a cheap second model that reads words, not meaning, fix the
+judge's misses?" (README, "Recipes tried"). Needs scikit-learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def balanced(labels, probs, threshold: float = 0.5) -> float:
+    unsafe = [p >= threshold for y, p in zip(labels, probs) if y == 1]
+    safe = [p < threshold for y, p in zip(labels, probs) if y == 0]
+    parts = [sum(x) / len(x) for x in (unsafe, safe) if x]
+    return sum(parts) / len(parts)
+
+
+def summary(rows, probs) -> str:
+    by_source = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_source[r.source].append(i)
+    large = [balanced([rows[i].label for i in ix], [probs[i] for i in ix])
+             for ix in by_source.values() if len(ix) >= 100]
+    return (f"all rows {balanced([r.label for r in rows], probs):.3f}, "
+            f"macro over sources >= 100 rows {sum(large) / len(large):.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--judge", default=None, help="judge folder (default: the cached default judge)")
+    ap.add_argument("--full-pool", action="store_true", help="train on the whole training split of the pool")
+    args = ap.parse_args()
+
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from safeedit.judge import SafetyJudge, default_judge_dir
+    from safeedit.judge.train import JudgeTrainConfig, build_splits
+
+    splits = build_splits(JudgeTrainConfig(max_train=None) if args.full_pool else JudgeTrainConfig())
+    judge = SafetyJudge.from_pretrained(args.judge or default_judge_dir())
+
+    def judge_probs(rows):
+        out = []
+        for i in range(0, len(rows), 64):
+            out += judge([r.response for r in rows[i:i + 64]]).unsafe_prob
+        return out
+
+    start = time.perf_counter()
+    words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=200_000, sublinear_tf=True)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3, max_features=300_000, sublinear_tf=True)
+    texts = [r.response for r in splits.train]
+    features = hstack([words.fit_transform(texts), chars.fit_transform(texts)]).tocsr()
+    model = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(features, [r.label for r in splits.train])
+
+    def lexical_probs(rows):
+        x = hstack([words.transform([r.response for r in rows]), chars.transform([r.response for r in rows])]).tocsr()
+        return list(model.predict_proba(x)[:, 1])
+
+    print(f"TF-IDF + logistic regression on {len(splits.train)} rows, fitted in {time.perf_counter() - start:.0f} s")
+    for name, rows in (("validation (our labelled set)", splits.validation), ("held-out split of the pool", splits.test)):
+        lex, jud = lexical_probs(rows), judge_probs(rows)
+        labels = [r.label for r in rows]
+        print(f"\n{name}, {len(rows)} rows")
+        print(f"  TF-IDF alone      bal. {balanced(labels, lex):.3f}  ({summary(rows, lex)})")
+        print(f"  judge alone       bal. {balanced(labels, jud):.3f}  ({summary(rows, jud)})")
+        for w in (0.3, 0.5, 0.7):
+            mix = [w * j + (1 - w) * t for j, t in zip(jud, lex)]
+            print(f"  {w:.1f} judge + {1 - w:.1f} TF-IDF bal. {balanced(labels, mix):.3f}  ({summary(rows, mix)})")
+
+
+if __name__ == "__main__":
+    main()
