@@ -32,7 +32,7 @@ EMBEDDED = "embedded"  # base_model placeholder: the embedded chat model's conve
 RECIPE_BASE = dict(max_length=128, refusal_pivots=0)
 
 #: name -> (what it tests, JudgeTrainConfig overrides of RECIPE_BASE)
-LAB = dict(labels_path="default", calib_fraction=0.1)  # our labelled rows + calibrated threshold
+LAB = dict(labels_path=BEFORE_HN, calib_fraction=0.1)  # our labelled rows + calibrated threshold
 RECIPES = {
     "pool2800": ("previous default: 2,800-row balanced pool subsample, 1 epoch, argmax", dict(max_train=2800)),
     "pool2800+calib": ("+ calibrated threshold", dict(max_train=2800, calib_fraction=0.1)),

