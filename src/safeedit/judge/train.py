@@ -614,8 +614,9 @@ three sources of 10-22 rows (the SafeEdit sample's 22 responses, its 10 constrai
 examples) whose balanced accuracy moves by 0.1-0.3 with one row, so the table also gives the macro over the
 six 150-row sources and the balanced accuracy over all held-out rows. The first block was trained with the
 1,103 labelled training rows of the embedded model's responses and our hand-written rows; the second block
-adds the rows measured this time, including the 1,428-row label file (the 1,103 plus 325 training-only
-hand-written hard negatives, `data/judge_labels/README.md`). A recipe with `,seed1` is the row above it from
+was measured later: its recipes without `+hn` in the name use the same 1,103 rows, those with `+hn`
+the 1,428-row label file (the 1,103 plus 325 training-only hand-written hard negatives,
+`data/judge_labels/README.md`). A recipe with `,seed1` is the row above it from
 seed 1: another subsample, row order, head initialisation *and held-out split*, so its held-out columns score
 other rows.
 
