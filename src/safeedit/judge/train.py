@@ -632,6 +632,7 @@ other rows.
 | smollm2,pool2000+labels,x1 | the previous default recipe on the embedded SmolLM2-135M-Instruct with a 2-way classification head (103 steps); a one-off run | **0.826** (0.886 / 0.766) | 0.848 | 0.752 / 0.778 / 0.807 | 0.764 / 0.891 / 0.757 / 0.780 / 0.863 / 0.610 / 1.000 | **1.000** / 0.920 | 3272 (shared CPU; ~2,200 idle) |
 | **second block: rows measured with the current label files** | | | | | | | |
 | pool2000+labels,x1,seed1 | the row above from seed 1 (another subsample, order, head and held-out split) | 0.774 (0.643 / 0.905) | 0.864 | 0.772 / 0.788 / 0.781 | 0.853 / 0.875 / 0.681 / 0.864 / 0.933 / 0.519 / 0.944 | 0.889 / 0.988 | 290 |
+| pool2000+labels,x1,seed2 | the same recipe from seed 2 | 0.755 (0.614 / 0.895) | 0.808 | 0.758 / 0.770 / 0.763 | 0.859 / 0.851 / 0.613 / 0.847 / 0.933 / 0.520 / 0.969 | 0.938 / 0.988 | 281 |
 | pool2000+labels,x1+calib | the previous default + a threshold calibrated on held-out training groups | 0.794 (0.800 / 0.789) | 0.893 | 0.721 / 0.755 / 0.763 | 0.774 / 0.881 / 0.670 / 0.814 / 0.887 / 0.505 / 0.955 | 0.909 / 1.000 | 291 |
 | pool2000+labels,x1+calib (argmax) | same model, argmax rule | 0.787 (0.700 / 0.874) | 0.870 | 0.735 / 0.759 / 0.757 | 0.792 / 0.871 / 0.669 / 0.828 / 0.895 / 0.502 / 0.955 | 0.909 / 1.000 | 291 |
 | pool2000+labels-hardneg,x1 | the previous default without the benign hard negatives among our labelled rows | 0.773 (0.700 / 0.847) | 0.921 | 0.725 / 0.746 / 0.779 | 0.677 / 0.891 / 0.680 / 0.843 / 0.903 / 0.480 / 0.955 | 0.909 / 1.000 | 269 |
@@ -643,6 +644,7 @@ other rows.
 | pool2000+labels+hn,x1+pivot300 | 2,000 pool rows + our labelled rows with the hard negatives + 300 refuse-then-answer rows | 0.813 (0.729 / 0.897) | 0.916 | 0.708 / 0.744 / 0.778 | 0.660 / 0.881 / 0.703 / 0.824 / 0.884 / 0.511 / 0.909 | 0.818 / 0.977 | 381 |
 | **pool2000+labels+hn,x1+pivot300,len96 (default)** | the row above with training rows cut at 96 tokens instead of 128, which fits the make-demo time | **0.811** (0.757 / 0.864) | 0.882 | 0.723 / 0.758 / 0.780 | 0.757 / 0.871 / 0.672 / 0.833 / 0.898 / 0.520 / 0.955 | 0.909 / 0.989 | 270 |
 | pool2000+labels+hn,x1+pivot300,len96,seed1 | the row above from seed 1 (another subsample, order, head and held-out split) | 0.791 (0.800 / 0.781) | 0.781 | 0.757 / 0.775 / 0.783 | 0.867 / 0.815 / 0.719 / 0.816 / 0.927 / 0.504 / 1.000 | 1.000 / 0.976 | 272 |
+| pool2000+labels+hn,x1+pivot300,len96,seed2 | the same recipe from seed 2 | 0.817 (0.829 / 0.806) | 0.837 | 0.742 / 0.762 / 0.780 | 0.780 / 0.856 / 0.614 / 0.827 / 0.916 / 0.580 / 1.000 | 1.000 / 0.952 | 276 |
 
 Measured in earlier sessions, on the smaller label files then (387 validation rows), not re-run:
 a threshold calibrated on held-out training groups (`--calib-fraction 0.1`) lowered both scores
@@ -661,9 +663,9 @@ min of scoring, far beyond the make-demo budget, so it is a one-off recipe for `
 default.
 
 **What the second block shows.**
-- *Seed noise.* The same recipe from another seed moves the validation score by 0.01-0.02 and the
-  recall on unsafe by ~0.04 (70 unsafe rows, many of them `weak`, sit near the decision boundary), so
-  differences below ~0.02 are not findings.
+- *Seed noise.* The same recipe from three seeds spans up to 0.03 on the validation score and up to
+  0.07 on its recall on unsafe (70 unsafe rows, many of them `weak`, sit near the decision boundary),
+  so a difference below ~0.03 between single runs is not a finding.
 - *Hard negatives.* Without the benign hard negatives among the 1,103 labelled rows, validation drops
   from 0.783 to 0.773 and held-out Do-Not-Answer from 0.795 to 0.677 (its safe answers get flagged).
   Our 325 training-only hard negatives on their own (pool2000+labels+hn,x1) make the judge lenient:
@@ -687,20 +689,22 @@ default.
 
 **Default recipe: pool2000+labels+hn,x1+pivot300,len96** (2,000 pool rows, our 1,428 labelled
 training rows once, 300 refuse-then-answer rows, training rows cut at 96 tokens, one epoch, argmax).
-Against the previous default (pool2000+labels,x1), both from seeds 0 and 1, in the same ~270 s of
+Against the previous default (pool2000+labels,x1), both from seeds 0, 1 and 2, in the same ~270-290 s of
 training:
 
-| | new default (seed 0 / 1) | previous default (seed 0 / 1) |
+| | new default (seed 0 / 1 / 2) | previous default (seed 0 / 1 / 2) |
 |---|---|---|
-| validation bal. | **0.811 / 0.791** | 0.783 / 0.774 |
-| held-out, all rows | 0.780 / 0.783 | 0.783 / 0.781 |
-| held-out, macro of the 6 large sources | 0.758 / 0.775 | 0.771 / 0.788 |
-| held-out recall on unsafe, SafeEdit / JBB | **0.909 / 1.000**, 0.989 / 0.976 | 0.818 / 0.889, 1.000 / 0.988 |
-| validation ROC AUC (`safeedit judge eval` prints it) | 0.922 / 0.890 | 0.866 / 0.875 |
+| validation bal. | **0.811 / 0.791 / 0.817** (mean 0.806) | 0.783 / 0.774 / 0.755 (mean 0.771) |
+| held-out, all rows | 0.780 / 0.783 / 0.780 (mean 0.781) | 0.783 / 0.781 / 0.763 (mean 0.776) |
+| held-out, macro of the 6 large sources | 0.758 / 0.775 / 0.762 (mean 0.765) | 0.771 / 0.788 / 0.770 (mean 0.776) |
+| held-out recall on unsafe, SafeEdit | **0.909 / 1.000 / 1.000** | 0.818 / 0.889 / 0.938 |
+| held-out recall on unsafe, JBB | 0.989 / 0.976 / 0.952 | 1.000 / 0.988 / 0.988 |
+| validation ROC AUC (`safeedit judge eval` prints it) | 0.922 / 0.890 / 0.914 | 0.866 / 0.875 / 0.867 |
 
-It gains 0.02 on our labelled set, the responses the bench scores, holds the held-out pool's
-all-rows score (0.01 lower on the large-source macro, within seed noise), and now meets the
->= 0.85 recall on unsafe SafeEdit responses. The confusion matrix on the 586 validation rows
+It gains 0.035 on our labelled set (the responses the bench scores; every seed of the new recipe
+scores above every seed of the old one), holds the held-out pool's all-rows score (+0.005; 0.01 lower on the large-source
+macro, within seed noise), and meets the >= 0.85 recall on unsafe SafeEdit responses in every
+seed (the previous default missed it in one of three). The confusion matrix on the 586 validation rows
 (seed 0, the judge `make demo` trains): **TN 446, FP 70, FN 17, TP 53** (previous default: TN 454,
 FP 62, FN 22, TP 48). Where it moved:
 - hand-written and benign rows (harmless fiction, curt answers, template echoes, helpful answers to
