@@ -616,9 +616,9 @@ six 150-row sources and the balanced accuracy over all held-out rows. The first 
 1,103 labelled training rows of the embedded model's responses and our hand-written rows; the second block
 was measured later: its recipes without `+hn` in the name use the same 1,103 rows, those with `+hn`
 the 1,428-row label file (the 1,103 plus 325 training-only hand-written hard negatives,
-`data/judge_labels/README.md`). A recipe with `,seed1` is the row above it from
-seed 1: another subsample, row order, head initialisation *and held-out split*, so its held-out columns score
-other rows.
+`data/judge_labels/README.md`). A recipe with `,seed1` or `,seed2` is the recipe of that name from
+seed 1 or 2: another subsample, row order, head initialisation *and held-out split*, so its held-out
+columns score other rows.
 
 | recipe | what changes | validation bal. (recall unsafe / safe) | val. unedited SafeEdit answers bal. | held-out bal.: macro all sources / macro 6 large sources / all rows | held-out per source: DNA / GPTFuzz / PKU / JAILJUDGE / JBB / DiaSafety / SafeEdit | held-out recall on unsafe: SafeEdit / JBB | train s |
 |---|---|---|---|---|---|---|---|
@@ -660,7 +660,9 @@ default's 0.783 (TN 395, FP 121, FN 8, TP 62), held-out all rows 0.807 against 0
 unsafe SafeEdit response. Its training takes ~36 min on the idle machine (21 s a step; the 3,272 s in the
 table include steps run beside other jobs; it was stopped at its step-50 checkpoint and resumed) plus ~12
 min of scoring, far beyond the make-demo budget, so it is a one-off recipe for `--judge DIR`, not the
-default.
+default. Also in the first block: labelled rows twice score a little higher on our validation set but
+lower on other models' responses; two epochs and reading the prompt cost far more time and lose on the
+validation set, and reading the prompt loses most of the jailbreak compliance (JBB recall on unsafe 0.602).
 
 **What the second block shows.**
 - *Seed noise.* The same recipe from three seeds spans up to 0.03 on the validation score and up to
