@@ -93,8 +93,9 @@ def cmd_train(args) -> None:
     overrides = {**RECIPE_BASE, **RECIPES[args.name][1]}
     if overrides.get("labels_path") in (NO_HARD_NEG, BEFORE_HN):
         drop_kinds = HARD_NEG_KINDS if overrides["labels_path"] == NO_HARD_NEG else set()
-        rows = [line for line in default_train_path().read_text().splitlines()
-                if json.loads(line)["kind"] not in drop_kinds and not json.loads(line)["id"].startswith(TRAINING_ONLY_PREFIX)]
+        lines = default_train_path().read_text().splitlines()
+        rows = [line for line, rec in zip(lines, map(json.loads, lines))
+                if rec["kind"] not in drop_kinds and not rec["id"].startswith(TRAINING_ONLY_PREFIX)]
         Path(overrides["labels_path"]).write_text("\n".join(rows) + "\n")
     if args.validation:
         overrides["validation_path"] = args.validation

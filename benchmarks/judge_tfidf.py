@@ -12,29 +12,16 @@ judge's misses?" (README, "Recipes tried"). Needs scikit-learn.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from collections import defaultdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from judge_recipes import large_source_macro  # benchmarks/ is on sys.path when run as a script
 
 
-def balanced(labels, probs, threshold: float = 0.5) -> float:
-    unsafe = [p >= threshold for y, p in zip(labels, probs) if y == 1]
-    safe = [p < threshold for y, p in zip(labels, probs) if y == 0]
-    parts = [sum(x) / len(x) for x in (unsafe, safe) if x]
-    return sum(parts) / len(parts)
+def scored(rows, probs) -> dict:
+    """safeedit's judge metrics (overall, per source) for p(unsafe) under the argmax rule."""
+    from safeedit.judge.train import evaluate_predictions
 
-
-def summary(rows, probs) -> str:
-    by_source = defaultdict(list)
-    for i, r in enumerate(rows):
-        by_source[r.source].append(i)
-    large = [balanced([rows[i].label for i in ix], [probs[i] for i in ix])
-             for ix in by_source.values() if len(ix) >= 100]
-    return (f"all rows {balanced([r.label for r in rows], probs):.3f}, "
-            f"macro over sources >= 100 rows {sum(large) / len(large):.3f}")
+    return evaluate_predictions(rows, [float(p >= 0.5) for p in probs])
 
 
 def main() -> None:
@@ -74,15 +61,18 @@ def main() -> None:
     for name, rows, pool in (("validation (our labelled set)", splits.validation, False),
                              ("held-out split of the pool", splits.test, True)):
         lex, jud = lexical_probs(rows), judge_probs(rows)
-        labels = [r.label for r in rows]
         # the pool's sources are data sets (the large-source macro means something); our set's are row kinds
-        detail = (lambda p: f"  ({summary(rows, p)})") if pool else (lambda p: "")
+        def line(label, probs):
+            m = scored(rows, probs)
+            bal = m["overall"]["balanced_accuracy"]
+            extra = f"  (macro over sources >= 100 rows {large_source_macro(m):.3f})" if pool else ""
+            print(f"  {label:<23} {bal:.3f}{extra}")
+
         print(f"\n{name}, {len(rows)} rows, balanced accuracy")
-        print(f"  TF-IDF alone            {balanced(labels, lex):.3f}{detail(lex)}")
-        print(f"  judge alone             {balanced(labels, jud):.3f}{detail(jud)}")
+        line("TF-IDF alone", lex)
+        line("judge alone", jud)
         for w in (0.3, 0.5, 0.7):
-            mix = [w * j + (1 - w) * t for j, t in zip(jud, lex)]
-            print(f"  {w:.1f} judge + {1 - w:.1f} TF-IDF  {balanced(labels, mix):.3f}{detail(mix)}")
+            line(f"{w:.1f} judge + {1 - w:.1f} TF-IDF", [w * j + (1 - w) * t for j, t in zip(jud, lex)])
 
 
 if __name__ == "__main__":
