@@ -516,6 +516,19 @@ def test_cli_eval_on_tiny_judge(tmp_path, tiny_dir, capsys):
     assert "nope.jsonl" in capsys.readouterr().err
 
 
+def test_training_into_a_folder_whose_parents_do_not_exist_yet(tmp_path, tiny_dir):
+    """A fresh machine has no cache folder: the first checkpoint must create the judge's parent
+    folder (``make demo`` once failed there, before the model was even converted)."""
+    from safeedit.judge import train as jtrain
+
+    data = write_tiny_jsonl(tmp_path / "train.jsonl", n=20)
+    out = tmp_path / "no" / "cache" / "yet" / "judge"
+    train_judge(out, log=lambda m: None, data_path=data, safeedit_path=None, labels_path=None, base_model=tiny_dir,
+                max_train=None, max_length=16, batch_size=4, epochs=1, test_fraction=0.3, progress=False,
+                score=False, checkpoint_steps=2)
+    assert (out / "config.json").is_file() and not jtrain.checkpoint_path(out).exists()
+
+
 def test_a_killed_training_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, tiny_dir, monkeypatch):
     """A run killed after a checkpoint resumes there (same recipe, same folder) and ends with the
     weights of an uninterrupted run; the checkpoint is gone once the judge is saved; a checkpoint of

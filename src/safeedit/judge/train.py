@@ -425,6 +425,7 @@ def _recipe_key(cfg: "JudgeTrainConfig", base: Path, steps: int) -> str:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no cache folder yet
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # a kill while saving leaves the previous checkpoint, never half of one
