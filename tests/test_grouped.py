@@ -204,6 +204,20 @@ def test_grouped_bench_times_count_each_instances_location(tiny_setup):  # noqa:
         assert t["total_s"] >= t["edit_s"] + t["post_generate_s"]
 
 
+def test_a_sharded_run_says_when_some_processes_have_no_block_of_instances():
+    """Blocks of --group-size instances go to the processes whole; with fewer blocks than processes
+    some idle, and the run says so with the group size that would give every process work."""
+    from safeedit.bench.runner import idle_shard_warning, shard_instances
+
+    items = list(range(8))
+    assert shard_instances(items, 0, 2, 8) == items and shard_instances(items, 1, 2, 8) == []
+    message = idle_shard_warning(8, 2, 8)
+    assert "1 block(s) for 2 processes" in message and "--group-size 4 or fewer" in message
+    assert shard_instances(items, 1, 2, 4) == [4, 5, 6, 7] and idle_shard_warning(8, 2, 4) is None
+    assert idle_shard_warning(8, 1, 8) is None and idle_shard_warning(9, 3, 4) is None
+    assert "--group-size 3 or fewer" in idle_shard_warning(9, 4, 4)
+
+
 def test_two_process_sharded_run_resumes_a_killed_shard_and_merges_to_the_single_process_run(tiny_setup):  # noqa: F811
     extra = ["--kqa-n", "0", "--csum-n", "0", "--set", "layer=2", "--group-size", "2", "--limit", "6"]
     env = dict(os.environ, SAFEEDIT_CACHE=str(tiny_setup["tmp"] / "cache"), OMP_NUM_THREADS="1")

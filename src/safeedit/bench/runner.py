@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import random
@@ -64,7 +65,8 @@ RUN_FORMAT = 2
 #: short questions together. Measured on the 2-core CPU (DINM, 8 sample instances, groups of 8, 64 new
 #: tokens; location + edit + post-edit + judge s/instance, peak RSS / after load; two runs each):
 #: 16,384 tokens 9.1-9.5 s, 1.85-1.92x; 8,192 tokens 10.0-10.2 s, 1.46x (benchmarks/bench_speed.py;
-#: one at a time: 25.2-26.1 s, 1.42-1.46x).
+#: one at a time: 25.2-26.1 s, 1.42-1.46x). On a machine about twice as fast (2026-11-29): 16,384
+#: tokens 4.9-5.2 s, 1.83-1.85x; 8,192 tokens 5.8 s, 1.47x; one at a time 13.0-14.3 s, 1.34-1.46x.
 #: ``--decode-tokens`` sets it per run.
 REUSE_DECODE_TOKENS = 16384
 
@@ -174,6 +176,17 @@ def shard_instances(instances: list, rank: int, world: int, block: int) -> list:
     (a group stays in one process, so a sharded run forms the same groups as a single one)."""
     block = max(1, block)
     return [inst for i, inst in enumerate(instances) if (i // block) % world == rank]
+
+
+def idle_shard_warning(n_instances: int, world: int, block: int) -> str | None:
+    """Why some processes of a sharded run get no instance (fewer blocks of ``block`` than
+    processes), with the fix; None when every process has work."""
+    blocks = -(-n_instances // max(1, block))
+    if world <= 1 or blocks >= world:
+        return None
+    return (f"{n_instances} instances in blocks of --group-size {block} make {blocks} block(s) for {world} "
+            f"processes, so {world - blocks} of them have nothing to do: use --group-size "
+            f"{max(1, -(-n_instances // world))} or fewer, or at most {blocks} process(es)")
 
 
 def _versions() -> dict[str, str]:
@@ -295,6 +308,9 @@ class BenchRun:
         # every shard's rows count as done: a run resumed with another number of processes repeats nothing
         done = results.done_keys() | {row["key"] for row in read_shards(self.out, "results")}
         todo = [inst for inst in shard_instances(instances, rank, world, cfg.group_size) if inst.key not in done]
+        idle = idle_shard_warning(len(instances), world, cfg.group_size)
+        if idle:  # a block is a group, kept in one process so shards form the single run's groups
+            logging.getLogger(__name__).warning("rank %d of %d: %s", rank, world, idle)
         gen = dict(max_new_tokens=cfg.max_new_tokens, chat=chat, batch_size=cfg.batch_size)
 
         pre_cache = self._generation_cache(fingerprint, chat)
@@ -322,8 +338,6 @@ class BenchRun:
         return write_run_outputs(self.out)
 
     def _wait_for_fit(self, poll_s: float = 5.0) -> None:
-        import logging
-
         waited = 0.0
         while not (self.out / "fit.json").is_file():
             if waited % 300 < poll_s:
@@ -464,7 +478,6 @@ class BenchRun:
             texts = generate(model, tok, prompts, **gen, row_context=lambda idx: group.rows([owners[i] for i in idx]))
         t2 = time.perf_counter()
         rows = [self._row(inst, judge, inp, dict(zip(inp, cache.lookup(inp.values())))) for inst, inp in zip(insts, inputs)]
-        t3 = time.perf_counter()
         if model_fingerprint(model) != fingerprint:  # a grouped edit never writes the model's tensors
             raise BenchError(f"model differs from the unedited one after the group {[i.key for i in insts]}")
         start = 0
