@@ -13,7 +13,9 @@ Rows (each in its own process, so peak RSS is its own):
     and its post-edit prompts reuse that unedited prefill below the toxic layer (``safeedit.lm.prefix``);
     (c) vs (d) is the prefix reuse's effect, pre-edit generation included in both;
 (e) sharded: the run of (b) split over two processes (RANK/WORLD_SIZE as torchrun sets them), each
-    with half the threads, against (b) in one process: wall time, merged rows, identical content.
+    with half the threads, against the same run in one process: wall time, merged rows, identical
+    content. A group stays in one process, so the shard row groups at most half the instances
+    (``--group-size 4`` for 8 instances) and then also times that group size in one process.
 
 Also printed: the share of post-edit responses that are identical between (a) and (b), (b) and (d),
 and (b) and (e). ``--reference`` adds the old reference-style loop (one input at a time).
@@ -205,17 +207,27 @@ def main() -> None:
 
         shard_line = None
         if not args.no_shards and "b" in args.rows:
+            # a group stays in one process (safeedit.bench.runner.shard_instances), so two processes
+            # need two groups' worth of instances: the shard row's group size is at most half of them,
+            # against a one-process run of that group size (row (b) itself when it is the same)
+            ks = min(k, max(1, -(-args.instances // 2)))
+            single = "grouped"
+            if ks != k:
+                single = f"grouped-k{ks}"
+                start = time.perf_counter()
+                results[single] = _result(_child(args, tmp / single, "dinm", ks, args.threads))
+                results[single]["outer_wall_s"] = time.perf_counter() - start
             start = time.perf_counter()
-            procs = [_child(args, tmp / "sharded", "dinm", args.group_size, max(1, args.threads // 2),
+            procs = [_child(args, tmp / "sharded", "dinm", ks, max(1, args.threads // 2),
                             {"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)}) for r in (0, 1)]
             shard_results = [_result(p) for p in procs]
             wall = time.perf_counter() - start
             merged = _rows(tmp / "sharded")
-            s_same, s_total = _same_share(tmp / "grouped", tmp / "sharded")
+            s_same, s_total = _same_share(tmp / single, tmp / "sharded")
             per_shard = {f.name: len(f.read_text().splitlines()) for f in sorted((tmp / "sharded").glob("results*.jsonl"))}
             summary = json.loads((tmp / "sharded" / "summary.json").read_text())
-            shard_line = (wall, results["grouped"]["outer_wall_s"], len(merged), per_shard, s_same, s_total, summary["complete"],
-                          [r["peak_mib"] for r in shard_results])
+            shard_line = (ks, wall, results[single]["outer_wall_s"], len(merged), per_shard, s_same, s_total,
+                          summary["complete"], [r["peak_mib"] for r in shard_results])
 
         ref = None
         if args.reference:
@@ -245,11 +257,13 @@ def main() -> None:
         print(f"identical post-edit responses, grouped + prefix reuse vs {other}: {r_same}/{r_total} "
               f"({100 * r_same / r_total:.1f}%)")
     if shard_line:
-        wall, one_wall, n, per_shard, s_same, s_total, complete, peaks = shard_line
-        print(f"\nsharded: 2 processes x {max(1, args.threads // 2)} thread(s): {wall:.1f} s wall vs 1 process x "
-              f"{args.threads} threads (row b): {one_wall:.1f} s (both with process start) ({one_wall / wall:.2f}x); merged rows {n} {per_shard}, "
-              f"summary complete={complete}; identical post-edit responses vs row (b): {s_same}/{s_total}; "
-              f"peak RSS per process {', '.join(f'{p:.0f}' for p in peaks)} MiB")
+        ks, wall, one_wall, n, per_shard, s_same, s_total, complete, peaks = shard_line
+        one = "row (b)" if ks == args.group_size else f"grouped, --group-size {ks}"
+        print(f"\nsharded (--group-size {ks}, warm pre-edit cache): 2 processes x {max(1, args.threads // 2)} thread(s): "
+              f"{wall:.1f} s wall vs 1 process x {args.threads} threads ({one}): {one_wall:.1f} s (both with process "
+              f"start) ({one_wall / wall:.2f}x); merged rows {n} {per_shard}, summary complete={complete}; identical "
+              f"post-edit responses vs the one-process run: {s_same}/{s_total}; peak RSS per process "
+              f"{', '.join(f'{p:.0f}' for p in peaks)} MiB")
     if ref is not None:
         print(f"\nreference-style loop (one input at a time, no reuse, pre-edit generated too): {ref:.1f} s / instance")
 
