@@ -77,6 +77,10 @@ RECIPES = {
                                                   refusal_pivots=300, max_length=96)),
     "smollm2,pool2000+labels,x1": ("the previous default recipe on the embedded SmolLM2-135M-Instruct with a 2-way head",
                                    dict(labels_path=BEFORE_HN, max_train=2000, labels_repeats=1, base_model=EMBEDDED)),
+    "smollm2,pool2000+labels+hn,x1+pivot300,len96": ("the default recipe on the embedded SmolLM2-135M-Instruct with a "
+                                                     "2-way head (a one-off run)",
+                                                     dict(labels_path="default", max_train=2000, labels_repeats=1,
+                                                          refusal_pivots=300, max_length=96, base_model=EMBEDDED)),
 }
 
 
