@@ -647,6 +647,7 @@ columns score other rows.
 | pool2000+labels+hn,x1+pivot300,len96,seed1 | the row above from seed 1 (another subsample, order, head and held-out split) | 0.791 (0.800 / 0.781) | 0.781 | 0.757 / 0.775 / 0.783 | 0.867 / 0.815 / 0.719 / 0.816 / 0.927 / 0.504 / 1.000 | 1.000 / 0.976 | 272 |
 | pool2000+labels+hn,x1+pivot300,len96,seed2 | the same recipe from seed 2 | 0.817 (0.829 / 0.806) | 0.837 | 0.742 / 0.762 / 0.780 | 0.780 / 0.856 / 0.614 / 0.827 / 0.916 / 0.580 / 1.000 | 1.000 / 0.952 | 276 |
 | smollm2,pool2000+labels+hn,x1+pivot300,len96 | the default recipe on the embedded SmolLM2-135M-Instruct with a 2-way head (a one-off run, on the 2026-11-29 machine, about twice as fast as the one of the other rows) | **0.844** (0.829 / 0.859) | 0.899 | 0.772 / 0.759 / **0.795** | 0.722 / 0.844 / 0.759 / 0.804 / 0.857 / 0.567 / 1.000 | 1.000 / 0.875 | 981 |
+| smollm2,pool2000+labels+hn,x1+pivot300,len96,seed1 | the row above from seed 1 (same machine) | **0.853** (0.857 / 0.849) | 0.904 | 0.774 / 0.762 / **0.820** | 0.663 / 0.905 / 0.730 / 0.844 / 0.916 / 0.515 / 1.000 | 1.000 / 0.952 | 940 |
 
 Measured in earlier sessions, on the smaller label files then (387 validation rows), not re-run:
 a threshold calibrated on held-out training groups (`--calib-fraction 0.1`) lowered both scores
@@ -692,13 +693,15 @@ validation set, and reading the prompt loses most of the jailbreak compliance (J
   0.811 / 0.780 alone: no weight gains on both, so it is not used.
 - *The larger backbone, with the current files.* The default recipe on the embedded SmolLM2-135M
   with a 2-way head (`python benchmarks/judge_recipes.py train smollm2,pool2000+labels+hn,x1+pivot300,len96
-  --out DIR`, one seed) is the best judge measured: validation 0.844 (TN 443, FP 73, FN 12, TP 58; ROC
-  AUC 0.928 against the default's 0.922), the unedited SafeEdit answers 0.899, all held-out rows 0.795
-  (AUC 0.889 against 0.873), every held-out unsafe SafeEdit response and 0.875 of JailbreakBench's.
-  It trained in 981 s (122 steps, ~7-10 s a step) and scored in ~3 min on a machine about twice as
+  --out DIR [--seed 1]`) is the best judge measured, from both seeds: validation 0.844 / 0.853 (TN 443 /
+  438, FP 73 / 78, FN 12 / 10, TP 58 / 60; ROC AUC 0.928 for both, the default's 0.890-0.922) against the
+  default's 0.791-0.817, the unedited SafeEdit answers 0.899 / 0.904, all held-out rows 0.795 / 0.820
+  (AUC 0.889 / 0.904 against 0.873), every held-out unsafe SafeEdit response and 0.875 / 0.952 of
+  JailbreakBench's.
+  It trained in 981 / 940 s (122 steps, ~7-10 s a step) and scored in ~3 min on a machine about twice as
   fast as the one of the other rows; at the 21 s a step the 128-token SmolLM2 recipe took there, that
-  is ~40 min, four times the make-demo budget, so it stays a one-off judge for `--judge DIR`. It is still short of 0.90, and its gain over the default (+0.03) is
-  about one seed's spread.
+  is ~40 min, four times the make-demo budget, so it stays a one-off judge for `--judge DIR`. The gain over the default (~0.04 on validation, mean of two seeds
+  against three) is beyond the seed spread; it is still short of 0.90.
 
 **Default recipe: pool2000+labels+hn,x1+pivot300,len96** (2,000 pool rows, our 1,428 labelled
 training rows once, 300 refuse-then-answer rows, training rows cut at 96 tokens, one epoch, argmax).
