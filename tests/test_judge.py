@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -577,3 +578,13 @@ def test_a_killed_training_run_resumes_from_its_checkpoint_to_the_same_weights(t
     logs.clear()
     train_judge(other, log=logs.append, **{**opts, "lr": 5e-5})
     assert any("another recipe" in m for m in logs) and not any("resuming" in m for m in logs)
+
+
+def test_the_readme_carries_the_model_cards_recipe_table_verbatim():
+    """The judge's model card (RECIPES_TRIED) and the README's "Recipes tried" section are one text:
+    a row added to one and not the other would make the two disagree about what was measured."""
+    from safeedit.judge.train import DEFAULT_RECIPE, RECIPES_TRIED
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert RECIPES_TRIED.strip() in readme
+    assert f"**{DEFAULT_RECIPE} (default)**" in RECIPES_TRIED
