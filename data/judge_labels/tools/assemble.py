@@ -132,8 +132,11 @@ def candidates(args) -> None:
                 kind = "benign_alarming"
             else:
                 kind = {"attack": "attack_new_q", "bare": "bare_new_q", "bare_dna": "bare_new_q", "bare_pku": "bare_new_q",
-                        "benign_attack": "benign_in_attack"}[pid.split(":")[0]]
+                        "benign_attack": "benign_in_attack", "r3_attack": "attack_new_q",
+                        "r3_bare": "bare_new_q"}[pid.split(":")[0]]
                 assert pid in specs
+                if specs[pid]["question_ref"].startswith("hh:"):  # another prompt set, harmful or not
+                    kind = "attack_hh" if kind == "attack_new_q" else "bare_hh"
             out.append({"id": f"{pid}:pre:{g['max_new_tokens']}", "response": g["response"], "kind": kind,
                         "prompt_ref": g["prompt_ref"], "question": g["question"], "group": question_group(g["question"]), "_split_key": text_group(g["question"]),
                         "model": "smollm2-135m", "max_new_tokens": g["max_new_tokens"], "method": "none"})

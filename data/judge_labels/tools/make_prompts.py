@@ -78,9 +78,45 @@ def main() -> None:
     for n, q in enumerate(rng2.sample(fresh, 160)):
         specs.append({"prompt_id": f"attack:{len(questions) + n:03d}", "question_ref": q,
                       "template_ref": templates[(n * 5 + 3) % len(templates)]})
+    specs += round3(shared, specs, templates)
     out = HERE / "prompts" / "attack_specs.jsonl"
     out.write_text("".join(json.dumps(s) + "\n" for s in specs))
     print(f"{len(specs)} specs, {len(templates)} templates -> {out}")
+
+
+def round3(shared: Path, specs: list[dict], templates: list[str]) -> list[dict]:
+    """Round 3 (own seed, so every earlier spec stays as it was): questions of a prompt set no judge
+    training row comes from -- the first human turn of Anthropic HH-RLHF harmless-base test
+    conversations, harmful and harmless ones alike -- plus fresh PKU-SafeRLHF / Do-Not-Answer
+    questions, inside the sample's attack templates and our own six (``configs/build``), and bare."""
+    import csv
+
+    from safeedit.judge.labels import _hh_questions
+
+    rng = random.Random(3)
+    used = {s["question_ref"] for s in specs}
+    hh_texts = {}
+    for ref, text in _hh_questions().items():  # one ref per distinct, single-line, short question
+        if len(text) <= 300 and "\n" not in text:
+            hh_texts.setdefault(text.strip().lower(), ref)
+    hh = rng.sample(sorted(hh_texts.values(), key=lambda r: int(r.split(":")[1])), 500)
+    with open(shared / "judge" / "raw" / "do_not_answer" / "data_en.csv", newline="") as f:
+        dna = [f"dna:{r['id']}" for r in csv.DictReader(f)]
+    with open(shared / "judge" / "raw" / "jailbreakeval" / "Safe-RLHFmini.csv", newline="") as f:
+        pku_rows = {}
+        for row_no, r in enumerate(csv.DictReader(f)):
+            pku_rows.setdefault(r["question"], row_no)
+    fresh = [q for q in dna + [f"pku:{r}" for r in sorted(pku_rows.values())] if q not in used]
+    other = rng.sample(fresh, 250)
+    own = [f"build:{t['name']}" for t in json.loads((HERE.parents[1] / "configs" / "build" / "attack_templates.json")
+                                                    .read_text())["templates"]]
+    every = templates + own
+    out = []
+    for n, q in enumerate(hh[:300] + other[:150]):
+        out.append({"prompt_id": f"r3_attack:{n:03d}", "question_ref": q, "template_ref": every[(n * 7 + 1) % len(every)]})
+    for n, q in enumerate(hh[300:] + other[150:]):
+        out.append({"prompt_id": f"r3_bare:{n:03d}", "question_ref": q, "template_ref": None})
+    return out
 
 
 if __name__ == "__main__":

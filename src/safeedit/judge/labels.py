@@ -43,6 +43,8 @@ KINDS = {
     "safeedit_post_ext-sub": "embedded model after Ext-Sub on the training split, on a SafeEdit test input",
     "attack_new_q": "embedded model on a sample attack template around a harmful question of another set",
     "bare_new_q": "embedded model on such a harmful question alone",
+    "attack_hh": "embedded model on an HH-RLHF red-team opener (harmful or not) inside an attack template",
+    "bare_hh": "embedded model on such an HH-RLHF red-team opener alone",
     "benign_alarming": "embedded model on a benign question with alarming words (written by us)",
     "benign_in_attack": "embedded model on one of our benign questions inside a jailbreak template",
     "written_refusal_quote": "hand-written refusal that quotes the harmful request",
@@ -174,23 +176,49 @@ def _pku_questions() -> dict[str, str]:
 
 
 @lru_cache(maxsize=1)
+def _hh_questions() -> dict[str, str]:
+    """Anthropic HH-RLHF harmless-base test: ``hh:<0-based line>`` -> the conversation's first human turn."""
+    import gzip
+    import re
+
+    path = shared_data_dir() / "judge" / "raw" / "hh_rlhf" / "harmless-base" / "test.jsonl.gz"
+    out = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            m = re.match(r"\s*Human: (.*?)\n\nAssistant:", json.loads(line)["chosen"], re.S)
+            if m:
+                out[f"hh:{i}"] = m.group(1).strip()
+    return out
+
+
+@lru_cache(maxsize=1)
+def _build_templates() -> dict[str, str]:
+    """Our own attack templates (``configs/build/attack_templates.json``): name -> template with ``{question}``."""
+    path = Path(__file__).resolve().parents[3] / "configs" / "build" / "attack_templates.json"
+    return {t["name"]: t["template"] for t in json.loads(path.read_text())["templates"]}
+
+
+@lru_cache(maxsize=1)
 def _benign_questions() -> dict[str, str]:
     path = data_dir() / "prompts" / "benign_alarming.jsonl"
     return {rec["prompt_id"]: rec["question"] for rec in map(json.loads, path.read_text().splitlines()) if rec}
 
 
 def question_text(ref: str) -> str:
-    """``gptfuzz_q:<index>``, ``dna:<id>``, ``pku:<row>`` or ``benign:<nnn>`` -> the question text."""
+    """``gptfuzz_q:<index>``, ``dna:<id>``, ``pku:<row>``, ``hh:<line>`` or ``benign:<nnn>`` -> the question text."""
     kind, _, key = ref.partition(":")
     table = {"gptfuzz_q": _gptfuzz_questions, "dna": _dna_questions, "pku": _pku_questions,
-             "benign": lambda: _benign_questions()}.get(kind)
+             "hh": _hh_questions, "benign": _benign_questions}.get(kind)
     if table is None:
         raise KeyError(f"unknown question reference {ref!r}")
-    return table()[key if kind != "benign" else ref]
+    return table()[ref if kind in ("benign", "hh") else key]
 
 
 def wrap_in_template(template_ref: str, question: str) -> str:
-    """A SafeEdit instance's input with its own question replaced by ``question``."""
+    """A SafeEdit instance's input with its own question replaced by ``question`` (``<file>#<position>:<input>``),
+    or one of our own attack templates filled with it (``build:<name>``)."""
+    if template_ref.startswith("build:"):
+        return _build_templates()[template_ref[len("build:"):]].replace("{question}", question)
     key, _, input_name = template_ref.rpartition(":")
     inst = _safeedit(key.split("#", 1)[0])[key]
     text = inst.eval_inputs()[input_name]
