@@ -231,3 +231,29 @@ def test_report_on_common_instances_scores_every_run_on_the_shared_keys(tmp_path
     table = compare_runs([big, small], common_instances=True)
     assert "on the 1 instances all of them have" in table
     assert summarize(big, {"t#0"})["post"]["DS"] == 100.0 and summarize(big, {"t#0"})["complete"]
+
+
+def test_a_response_is_judged_once_per_run_with_the_same_verdict(tmp_path):
+    """The bench memoises verdicts by the text the judge reads: a repeated response costs no second
+    judge call and gets the verdict a fresh call gives."""
+    from safeedit.bench.runner import BenchConfig, BenchRun
+    from safeedit.judge import SafetyJudge
+
+    judge = SafetyJudge.from_pretrained(make_tiny_judge(tmp_path / "judge"))
+    seen = []
+    call = judge.__call__
+
+    class Counting:
+        with_prompt = False
+
+        def __call__(self, responses, prompts=None):
+            seen.extend(responses)
+            return call(responses, prompts=prompts)
+
+    run = BenchRun(BenchConfig(data="unused", out=str(tmp_path / "run")), progress=False)
+    a = run._judge_block(Counting(), {"x": "p", "y": "q"}, {"x": "w1 w2 w3", "y": "w4 w5"})
+    b = run._judge_block(Counting(), {"x": "p", "z": "r"}, {"x": "w4 w5", "z": "w1 w2 w3"})
+    assert sorted(seen) == ["w1 w2 w3", "w4 w5"]  # two distinct texts, judged once each
+    fresh = judge(["w1 w2 w3", "w4 w5"])
+    assert b["z"]["unsafe_prob"] == a["x"]["unsafe_prob"] == fresh.unsafe_prob[0]
+    assert b["x"]["label"] == a["y"]["label"] == fresh.labels[1]

@@ -223,6 +223,7 @@ class BenchRun:
         self.config = config
         self.progress = progress
         self.out = Path(config.out)
+        self._verdicts: dict[tuple[str | None, str], tuple[float, float]] = {}  # (prompt read, response) -> verdict
 
     # -------------------------------------------------------------- set-up
     def _check_or_write_run_json(self, meta: dict[str, Any]) -> None:
@@ -395,10 +396,20 @@ class BenchRun:
         from safeedit.metrics import degenerate_reason, fluency
 
         keys = list(responses)
-        verdict = judge([responses[k] for k in keys], prompts=[prompts[k] for k in keys] if judge.with_prompt else None)
+        # a verdict depends on the text the judge reads only, so a response judged before in this run
+        # (every pre-edit answer is judged again for each instance that asks its prompt, and many
+        # post-edit answers repeat) is not judged again
+        memo = self._verdicts
+        read = {k: (prompts[k] if judge.with_prompt else None, responses[k]) for k in keys}
+        new = list({read[k]: k for k in keys if read[k] not in memo}.values())  # one per distinct text
+        if new:
+            verdict = judge([responses[k] for k in new], prompts=[prompts[k] for k in new] if judge.with_prompt else None)
+            for i, k in enumerate(new):
+                memo[read[k]] = (verdict.labels[i], verdict.unsafe_prob[i])
         block = {}
-        for i, k in enumerate(keys):
-            block[k] = {"response": responses[k], "label": verdict.labels[i], "unsafe_prob": verdict.unsafe_prob[i],
+        for k in keys:
+            label, prob = memo[read[k]]
+            block[k] = {"response": responses[k], "label": label, "unsafe_prob": prob,
                         "degenerate": degenerate_reason(responses[k])}
         block["_fluency"] = fluency([responses[k] for k in keys])
         return block
