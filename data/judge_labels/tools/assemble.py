@@ -11,6 +11,8 @@
     python data/judge_labels/tools/assemble.py add-training-only
         appends the hand-written rows of sources/written_training_only.jsonl to train.jsonl only
         (the validation file stays as it is; see the README's "Splits")
+    python data/judge_labels/tools/assemble.py add-benign --gen GEN.jsonl --labels L.jsonl
+        appends the labelled answers to ordinary requests (generate.py --benign-qa) to train.jsonl only
 
 A SafeEdit input's group is the question it asks: the instance's question for DS, DG_onlyQ and
 DG_otherA, the *other* question for DG_otherQ and DG_otherAQ (recovered by matching the input
@@ -283,6 +285,45 @@ def add_training_only(args) -> None:
     print("train", len(existing["train"]), "added", dict(added), "left out", dict(skipped))
 
 
+def add_benign(args) -> None:
+    """Append the embedded model's answers to ordinary requests (``generate.py --benign-qa``) to
+    train.jsonl only, with the reader's labels (``--labels``: JSONL of {cid, label, labelled_by, note};
+    ``cid`` is the generation's ``prompt_id``). Training only, like the hand-written hard negatives:
+    their questions are trivia and plain instructions, easier than the validation set's."""
+    from collections import Counter
+
+    from safeedit.judge.labels import read_label_file
+
+    paths = {split: data_dir() / f"{split}.jsonl" for split in ("train", "validation")}
+    existing = {split: read_label_file(p) for split, p in paths.items()}
+    seen_ids = {r["id"] for rows in existing.values() for r in rows}
+    seen_text = {r["response"] for rows in existing.values() for r in rows}
+    labels = {rec["cid"]: rec for rec in map(json.loads, Path(args.labels).read_text().splitlines()) if rec}
+    added, skipped = Counter(), Counter()
+    for line in Path(args.gen).read_text().splitlines():
+        g = json.loads(line)
+        row_id = f"{g['prompt_id']}:pre:{g['max_new_tokens']}"
+        lab = labels.get(g["prompt_id"])
+        if lab is None or not g["response"].strip():
+            skipped["unlabelled or empty"] += 1
+            continue
+        if row_id in seen_ids or g["response"] in seen_text:
+            skipped["already there"] += 1
+            continue
+        row = {"id": row_id, "response": g["response"], "label": lab["label"], "kind": "benign_qa",
+               "prompt_ref": g["prompt_ref"], "group": question_group(g["question"]), "labelled_by": lab["labelled_by"],
+               "model": "smollm2-135m", "method": "none", "max_new_tokens": g["max_new_tokens"]}
+        if lab.get("note"):
+            row["note"] = lab["note"]
+        existing["train"].append(row)
+        seen_ids.add(row_id)
+        seen_text.add(g["response"])
+        added[row["label"]] += 1
+    paths["train"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing["train"]))
+    read_label_file(paths["train"])  # validates
+    print("train", len(existing["train"]), "added", dict(added), "left out", dict(skipped))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -299,8 +340,12 @@ def main() -> None:
     a.add_argument("--candidates", required=True)
     a.add_argument("--labels", required=True, help="labels of the new texts: JSONL of {text, label, labelled_by, note}")
     sub.add_parser("add-training-only", help="append sources/written_training_only.jsonl to train.jsonl only")
+    bq = sub.add_parser("add-benign", help="append labelled answers to ordinary requests to train.jsonl only")
+    bq.add_argument("--gen", required=True, help="generate.py --benign-qa output")
+    bq.add_argument("--labels", required=True, help="JSONL of {cid, label, labelled_by, note}")
     args = ap.parse_args()
-    {"candidates": candidates, "build": build, "add": add, "add-training-only": add_training_only}[args.cmd](args)
+    {"candidates": candidates, "build": build, "add": add, "add-training-only": add_training_only,
+     "add-benign": add_benign}[args.cmd](args)
 
 
 if __name__ == "__main__":

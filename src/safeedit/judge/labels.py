@@ -46,6 +46,7 @@ KINDS = {
     "attack_hh": "embedded model on an HH-RLHF red-team opener (harmful or not) inside an attack template",
     "bare_hh": "embedded model on such an HH-RLHF red-team opener alone",
     "benign_alarming": "embedded model on a benign question with alarming words (written by us)",
+    "benign_qa": "embedded model on an ordinary request (TriviaQA question, SafeEdit knowledge-constraint instruction)",
     "benign_in_attack": "embedded model on one of our benign questions inside a jailbreak template",
     "written_refusal_quote": "hand-written refusal that quotes the harmful request",
     "written_fiction": "hand-written fiction / role-play that stays harmless",
@@ -100,8 +101,10 @@ def validate_row(rec, path: Path | str, line_no: int) -> None:
         raise LabelFileError(f"{where}: field 'group' must be 'qh:<hash of the normalised question>' "
                              f"(or 'q:<normalised question>' for text we wrote), got {rec['group']!r}")
     ref = rec["prompt_ref"]
-    if not (("safeedit" in ref and isinstance(ref.get("input"), str)) or "spec" in ref or isinstance(ref.get("text"), str)):
-        raise LabelFileError(f"{where}: field 'prompt_ref' must hold {{'safeedit', 'input'}}, {{'spec'}} or {{'text'}}, got {ref!r}")
+    if not (("safeedit" in ref and isinstance(ref.get("input"), str)) or "spec" in ref or isinstance(ref.get("text"), str)
+            or isinstance(ref.get("triviaqa"), str)):
+        raise LabelFileError(f"{where}: field 'prompt_ref' must hold {{'safeedit', 'input'}}, {{'spec'}}, {{'triviaqa'}} "
+                             f"or {{'text'}}, got {ref!r}")
 
 
 def read_label_file(path: str | Path) -> list[dict]:
@@ -148,12 +151,24 @@ def _safeedit(name: str):
 
 
 def safeedit_input(ref: str, input_name: str) -> str:
-    """Text of input ``input_name`` (DS, DG_onlyQ, ...) of the SafeEdit instance with key ``ref``."""
+    """Text of input ``input_name`` (DS, DG_onlyQ, ..., or ``constraint``: its knowledge-constraint
+    instruction) of the SafeEdit instance with key ``ref``."""
     name = ref.split("#", 1)[0]
     inst = _safeedit(name).get(ref)
     if inst is None:
         raise KeyError(f"no SafeEdit instance {ref} in {shared_data_dir() / 'safeedit' / name}")
+    if input_name == "constraint":
+        return inst.knowledge_constraint.prompt
     return inst.eval_inputs()[input_name]
+
+
+@lru_cache(maxsize=1)
+def _triviaqa_questions() -> dict[str, str]:
+    """The shared TriviaQA subset: ``source_line`` (as text) -> question."""
+    from safeedit.data.jsonio import read_jsonl
+
+    path = shared_data_dir() / "general" / "triviaqa_validation_1000.jsonl"
+    return {str(rec["source_line"]): rec["question"] for _, rec in read_jsonl(path)}
 
 
 @lru_cache(maxsize=1)
@@ -244,6 +259,8 @@ def spec_prompt(spec_id: str) -> tuple[str, str]:
 def resolve_prompt(ref: dict) -> str:
     if "text" in ref:
         return ref["text"]
+    if "triviaqa" in ref:
+        return _triviaqa_questions()[ref["triviaqa"]]
     if "spec" in ref:
         return spec_prompt(ref["spec"])[0]
     return safeedit_input(ref["safeedit"], ref["input"])
