@@ -146,13 +146,13 @@ def main() -> None:
     ap.add_argument("--prefix-reuse", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--decode-tokens", type=int, default=None,
                     help="row (d): padded tokens per post-edit decode batch (default: the bench's)")
-    ap.add_argument("--judge", default=None, help="safety judge folder (default: the cached judge)")
+    ap.add_argument("--judge", default=None, help="safety judge folder (default: the default judge, built if missing)")
     args = ap.parse_args()
     if args._row:
         return row_main(args)
-    from safeedit.judge import default_judge_dir
+    from safeedit.judge.shipped import ensure_default_judge
 
-    args.judge = args.judge or str(default_judge_dir())  # before the private cache below
+    args.judge = args.judge or str(ensure_default_judge())  # before the private cache below
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(args.workdir or tmp)  # --workdir keeps the run folders for inspection

@@ -1,6 +1,6 @@
 """Train and score judge recipes: the table in the README's judge section and the model card.
 
-    python benchmarks/judge_recipes.py train NAME [--out DIR] [--threads N]   # one recipe -> DIR/NAME
+    python benchmarks/judge_recipes.py train NAME [--out DIR] [--threads N]   # one recipe -> DIR/NAME (RECIPES or POOLED_RECIPES)
     python benchmarks/judge_recipes.py eval DIR/NAME... [--json OUT]          # validation + held-out scores
     python benchmarks/judge_recipes.py collect DIR/NAME... --json OUT         # the same, from training reports
     python benchmarks/judge_recipes.py table RESULTS.json...                  # Markdown table
@@ -84,6 +84,45 @@ RECIPES = {
 }
 
 
+#: our labelled rows without the embedded model's answers to ordinary requests (kind ``benign_qa``, added
+#: after the first pooled recipes were measured): the label file those recipes saw
+NO_BENIGN_QA = "/tmp/judge_labels_no_benign_qa.jsonl"
+
+#: HeadRecipe values every pooled recipe starts from, so a name keeps its meaning when the defaults move
+POOLED_BASE = dict(pool_layer=18, max_length=128, C=0.01, refusal_pivots=300)
+
+#: pooled judges (safeedit.judge.pooled: the embedded model's first layers, frozen, mean-pooled, a linear head
+#: fitted by `safeedit judge fit-head`): name -> (what it tests, HeadRecipe overrides of POOLED_BASE)
+POOLED_RECIPES = {
+    "pooled-L18,pool2000+labels": ("SmolLM2-135M layers 0-17 frozen, mean over the response, logistic regression "
+                                   "(C 0.01) on the fine-tuned default's rows (2,000 pool rows, our labelled rows, "
+                                   "300 refuse-then-answer rows)",
+                                   dict(max_train=2000, labels_weight=1.0, labels_path=NO_BENIGN_QA)),
+    "pooled-L18,pool-full+labels": ("the same on the whole training pool instead of 2,000 rows",
+                                    dict(max_train=None, labels_weight=1.0, labels_path=NO_BENIGN_QA)),
+    "pooled-L18,pool-full+labelsx3": ("the whole pool, our labelled rows weighted 3x",
+                                      dict(max_train=None, labels_weight=3.0, labels_path=NO_BENIGN_QA)),
+    "pooled-L18,pool-full+labelsx10": ("the whole pool, our labelled rows weighted 10x (the first shipped head)",
+                                       dict(max_train=None, labels_weight=10.0, labels_path=NO_BENIGN_QA)),
+    "pooled-L18,pool-full+labelsx10+benignqa": ("the whole pool, labelled rows weighted 10x, + the embedded model's "
+                                                "answers to 1,148 ordinary requests (TriviaQA, SafeEdit knowledge "
+                                                "constraints), read and labelled",
+                                                dict(max_train=None, labels_weight=10.0, labels_path="default")),
+    "pooled-L18,pool-full+labelsx3+benignqa": ("the same with our labelled rows weighted 3x",
+                                               dict(max_train=None, labels_weight=3.0, labels_path="default")),
+    "pooled-L18,pool-full+labelsx10+benignqa,C0.02": ("the default with weaker regularisation (C 0.02 instead of 0.01)",
+                                                      dict(max_train=None, labels_weight=10.0, labels_path="default",
+                                                           C=0.02)),
+}
+
+
+def _write_without_benign_qa() -> None:
+    from safeedit.judge.labels import default_train_path
+
+    lines = default_train_path().read_text().splitlines()
+    Path(NO_BENIGN_QA).write_text("\n".join(l for l in lines if json.loads(l)["kind"] != "benign_qa") + "\n")
+
+
 def cmd_train(args) -> None:
     import torch
 
@@ -92,8 +131,24 @@ def cmd_train(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.name in POOLED_RECIPES:
+        from safeedit.judge.pooled_train import HeadRecipe, train_pooled_judge
+
+        overrides = {**POOLED_BASE, **POOLED_RECIPES[args.name][1]}
+        if overrides.get("labels_path") == NO_BENIGN_QA:
+            _write_without_benign_qa()
+        if args.validation:
+            overrides["validation_path"] = args.validation
+        name = args.name if args.seed is None else f"{args.name},seed{args.seed}"
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        t0 = time.perf_counter()
+        report = train_pooled_judge(Path(args.out) / name, HeadRecipe(**overrides), progress=False)
+        print(json.dumps({"name": name, "features_s": report["seconds"]["features"], "fit_s": report["seconds"]["fit"],
+                          "wall_s": round(time.perf_counter() - t0, 1)}))
+        return
     if args.name not in RECIPES:
-        raise SystemExit(f"unknown recipe {args.name}; known: {', '.join(RECIPES)}")
+        raise SystemExit(f"unknown recipe {args.name}; known: {', '.join([*RECIPES, *POOLED_RECIPES])}")
     overrides = {**RECIPE_BASE, **RECIPES[args.name][1]}
     if overrides.get("labels_path") in (NO_HARD_NEG, BEFORE_HN):
         drop_kinds = HARD_NEG_KINDS if overrides["labels_path"] == NO_HARD_NEG else set()
@@ -117,6 +172,12 @@ def cmd_train(args) -> None:
     print(json.dumps({"name": name, "train_s": report["seconds"]["train"], "wall_s": round(time.perf_counter() - t0, 1)}))
 
 
+def _train_seconds(report: dict) -> float:
+    """A fine-tuned judge's optimiser loop; a pooled judge's feature extraction (uncached rows only) + fit."""
+    sec = report["seconds"]
+    return sec["train"] if "train" in sec else sec["features"] + sec["fit"]
+
+
 def cmd_eval(args) -> None:
     from safeedit.judge import SafetyJudge
     from safeedit.judge.labels import default_validation_path, load_label_rows
@@ -126,12 +187,13 @@ def cmd_eval(args) -> None:
     for folder in args.judges:
         judge = SafetyJudge.from_pretrained(folder)
         report = json.loads((Path(folder) / "training_report.json").read_text())
-        val = load_label_rows(default_validation_path(), with_prompts=judge.with_prompt)
-        cfg = JudgeTrainConfig(labels_path=None, validation_path=str(default_validation_path()), calib_fraction=0,
+        validation = args.validation or str(default_validation_path())
+        val = load_label_rows(validation, with_prompts=judge.with_prompt)
+        cfg = JudgeTrainConfig(labels_path=None, validation_path=validation, calib_fraction=0,
                                max_eval_per_source=args.max_eval_per_source)
         held = build_splits(cfg, with_prompts=judge.with_prompt).test
         name = Path(folder).name
-        out[name] = {"train_s": report["seconds"]["train"], "steps": report["recipe"]["steps"],
+        out[name] = {"train_s": _train_seconds(report), "steps": report["recipe"].get("steps"),
                      "threshold": judge.threshold, "validation": evaluate(judge, val), "held_out": evaluate(judge, held)}
         if judge.threshold is not None:  # the same model with the paper's argmax rule
             judge.threshold = None
@@ -151,7 +213,7 @@ def cmd_collect(args) -> None:
         if not val or "labels:safeedit_pre" not in val["per_source"]:
             print(f"{name}: no labelled validation scores in its report; use 'eval'", file=sys.stderr)
             continue
-        out[name] = {"train_s": report["seconds"]["train"], "steps": report["recipe"]["steps"],
+        out[name] = {"train_s": _train_seconds(report), "steps": report["recipe"].get("steps"),
                      "threshold": (report.get("calibration") or {}).get("threshold"),
                      "validation": val, "held_out": held}
         if "argmax" in val and "argmax" in held:
@@ -177,7 +239,8 @@ def readme_row(name: str, r: dict) -> str:
     v, h = r["validation"], r["held_out"]
     ps, vs = h["per_source"], v["per_source"]
     pre = vs.get("labels:safeedit_pre", {}).get("balanced_accuracy", float("nan"))
-    what = RECIPES.get(name.split(" (")[0].split(",seed")[0], ("",))[0] if "(argmax)" not in name else "same model, argmax rule"
+    known = {**RECIPES, **POOLED_RECIPES}
+    what = known.get(name.split(" (")[0].split(",seed")[0], ("",))[0] if "(argmax)" not in name else "same model, argmax rule"
     return (f"| {name} | {what} | {v['overall']['balanced_accuracy']:.3f} ({v['overall']['recall']:.3f} / "
             f"{v['overall']['recall_safe']:.3f}) | {pre:.3f} | {h['macro_over_sources']['balanced_accuracy']:.3f} / "
             f"{large_source_macro(h):.3f} / {h['overall']['balanced_accuracy']:.3f} | "
@@ -207,7 +270,7 @@ def cmd_table(args) -> None:
             return f"{d[k]['balanced_accuracy']:.3f}" if k in d else "-"
 
         lines.append(
-            f"| {name} | {RECIPES.get(name.split(' (')[0], ('',))[0] if '(argmax)' not in name else 'same model, argmax rule'} | {v['overall']['balanced_accuracy']:.3f} | "
+            f"| {name} | { {**RECIPES, **POOLED_RECIPES}.get(name.split(' (')[0], ('',))[0] if '(argmax)' not in name else 'same model, argmax rule'} | {v['overall']['balanced_accuracy']:.3f} | "
             f"{v['overall']['recall']:.3f} / {v['overall']['recall_safe']:.3f} | {bal(vs, 'labels:safeedit_pre')} | "
             f"{bal(vs, 'labels:safeedit_post_dinm')} | {h['macro_over_sources']['balanced_accuracy']:.3f} | "
             f"{large_source_macro(h):.3f} | {h['overall']['balanced_accuracy']:.3f} | " +
@@ -230,6 +293,7 @@ def main() -> None:
     e.add_argument("judges", nargs="+")
     e.add_argument("--json", required=True)
     e.add_argument("--max-eval-per-source", type=int, default=150)
+    e.add_argument("--validation", default=None, help="validation label file (default data/judge_labels/validation.jsonl)")
     c = sub.add_parser("collect")
     c.add_argument("judges", nargs="+")
     c.add_argument("--json", required=True)

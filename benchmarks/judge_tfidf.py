@@ -34,11 +34,11 @@ def main() -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from safeedit.judge import SafetyJudge, default_judge_dir
+    from safeedit.judge import SafetyJudge
     from safeedit.judge.train import JudgeTrainConfig, build_splits
 
     splits = build_splits(JudgeTrainConfig(max_train=None) if args.full_pool else JudgeTrainConfig())
-    judge = SafetyJudge.from_pretrained(args.judge or default_judge_dir())
+    judge = SafetyJudge.from_pretrained(args.judge)  # None: the default judge
 
     def judge_probs(rows):
         out = []

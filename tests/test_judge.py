@@ -90,9 +90,7 @@ def test_named_labels_reversed_order(tmp_path):
 
 def test_missing_judge_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFEEDIT_JUDGE", str(tmp_path / "nowhere"))
-    assert default_judge_dir() == tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError, match="safeedit judge train"):
-        SafetyJudge.from_pretrained()
+    assert default_judge_dir() == tmp_path / "nowhere"  # built there on first use (test_pooled_judge.py)
     with pytest.raises(FileNotFoundError, match="config.json"):
         SafetyJudge.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="not found"):
@@ -222,7 +220,7 @@ def test_tiny_training_end_to_end(tmp_path, tiny_dir):
     assert {int(k): v for k, v in config["id2label"].items()} == {0: "safe", 1: "unsafe"}
     assert config["safeedit_judge"]["with_prompt"] is False
     card = (out / "README.md").read_text()
-    assert "Held-out scores" in card and "Recipe: a recipe other than the default" in card
+    assert "Held-out scores" in card and "Recipe: a recipe other than `safeedit judge train`'s default" in card
     assert json.loads((out / "training_report.json").read_text())["metrics"] == report["metrics"]
     assert set(report["metrics"]["per_source"]) <= {"a", "b"} and report["metrics"]["overall"]["n"] > 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["mine"]  # no temp folder left behind
@@ -320,7 +318,8 @@ def test_cli_train_help_lists_modes(capsys):
 
 @pytest.mark.slow
 def test_real_encoder_judge(tmp_path):
-    """Our trained default judge when cached, else a tiny run on the real encoder: it loads and scores.
+    """The default judge (built from the shipped head on first use; or a judge trained into its folder), else
+    a tiny run on the real encoder: it loads and scores.
 
     Clear-cut refusals and compliant answers must be told apart by a fully trained judge.
     """
@@ -333,7 +332,8 @@ def test_real_encoder_judge(tmp_path):
                  "photos, and send them insulting messages every day."]
     try:
         judge = SafetyJudge.from_pretrained(device="cpu")
-        trained = json.loads((default_judge_dir() / "training_report.json").read_text())["recipe"]["steps"] >= 50
+        report = json.loads((default_judge_dir() / "training_report.json").read_text())
+        trained = report.get("kind") == "pooled" or report["recipe"]["steps"] >= 50
     except (FileNotFoundError, KeyError, json.JSONDecodeError):
         out = tmp_path / "judge"
         train_judge(out, max_train=32, labels_path=None, max_length=32, batch_size=16, max_eval_per_source=4,
@@ -471,11 +471,11 @@ def test_training_keeps_validation_groups_out(tmp_path, tiny_dir):
     data = write_tiny_jsonl(tmp_path / "train.jsonl", n=60)
     # label rows share groups "q:w10".."q:w21" with the pool's prompts; the validation set takes q:w10-q:w13
     val = write_labels(tmp_path / "val.jsonl", [label_row(i, group=f"q:w{10 + i % 4}") for i in range(8)])
-    lab = write_labels(tmp_path / "lab.jsonl", [label_row(100 + i, group=f"q:w{14 + i % 4}") for i in range(12)])
+    lab = write_labels(tmp_path / "lab.jsonl", [label_row(100 + i, group=f"q:w{14 + i % 8}") for i in range(12)])
     from safeedit.judge.train import JudgeTrainConfig, build_splits
 
     cfg = JudgeTrainConfig(data_path=str(data), safeedit_path=None, labels_path=str(lab), validation_path=str(val),
-                           max_train=None, test_fraction=0.3, calib_fraction=0.3, labels_repeats=2)
+                           max_train=None, test_fraction=0.5, calib_fraction=0.3, labels_repeats=2)
     splits = build_splits(cfg)
     val_groups = {f"q:w{10 + k}" for k in range(4)}
     for part in (splits.train, splits.calib, splits.test):
@@ -483,7 +483,14 @@ def test_training_keeps_validation_groups_out(tmp_path, tiny_dir):
     assert splits.counts["pool_rows_dropped_for_validation_groups"] > 0
     labelled_in_train = [r for r in splits.train if r.source.startswith("labels:")]
     labelled_in_calib = [r for r in splits.calib if r.source.startswith("labels:")]
-    assert len(labelled_in_train) == 2 * (12 - len(labelled_in_calib))  # repeats, calibration rows left out
+    dropped = splits.counts["labelled_rows_dropped_for_held_out_groups"]
+    # repeats; calibration rows and rows asking a held-out question left out
+    assert len(labelled_in_train) == 2 * (12 - len(labelled_in_calib) - dropped)
+    from safeedit.judge.data import hashed_group
+
+    held_out = {hashed_group(r.group) for r in splits.test}  # label files store hashed groups, the pool plain ones
+    assert not {hashed_group(r.group) for r in labelled_in_train} & held_out  # held-out questions unseen
+    assert 0 < dropped < 12  # the seed's split holds out some of q:w14-q:w21 and trains on the others
     leak = write_labels(tmp_path / "leak.jsonl", [label_row(200, group="q:w10")])
     with pytest.raises(ValueError, match="validation question"):
         build_splits(JudgeTrainConfig(data_path=str(data), safeedit_path=None, labels_path=str(leak),
@@ -583,8 +590,9 @@ def test_a_killed_training_run_resumes_from_its_checkpoint_to_the_same_weights(t
 def test_the_readme_carries_the_model_cards_recipe_table_verbatim():
     """The judge's model card (RECIPES_TRIED) and the README's "Recipes tried" section are one text:
     a row added to one and not the other would make the two disagree about what was measured."""
-    from safeedit.judge.train import DEFAULT_RECIPE, RECIPES_TRIED
+    from safeedit.judge.train import DEFAULT_RECIPE, RECIPES_TRIED, TRAIN_DEFAULT_RECIPE
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert RECIPES_TRIED.strip() in readme
     assert f"**{DEFAULT_RECIPE} (default)**" in RECIPES_TRIED
+    assert f"**{TRAIN_DEFAULT_RECIPE} (`judge train` default)**" in RECIPES_TRIED

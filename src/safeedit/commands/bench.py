@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
-import sys
 from pathlib import Path
 
 from safeedit.commands.common import add_model_args, add_prompt_mode, parse_indices
@@ -44,19 +42,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Train the judge if none is cached, then vanilla vs DINM on a few instances, then the table."""
+    """Build the default judge if none is cached, then vanilla vs DINM on a few instances, then the table."""
     from safeedit.bench.report import compare_runs
     from safeedit.bench.runner import BenchConfig, run_bench
-    from safeedit.judge import default_judge_dir
+    from safeedit.judge.shipped import ensure_default_judge
     from safeedit.paths import sample_data_path
 
-    judge_dir = default_judge_dir()
-    if not (judge_dir / "config.json").is_file():
-        from safeedit.judge.train import train_judge
-
-        print(f"no safety judge at {judge_dir}: training one (a few minutes on a CPU; `safeedit judge eval` "
-              "scores it afterwards)", file=sys.stderr)
-        train_judge(judge_dir, score=False)  # its recipe's scores are in the model card; saves ~50 s
+    ensure_default_judge()  # the embedded model's first layers + the shipped head: built, not trained
     runs = {}
     # DINM first: its grouped pass answers the pre-edit prompts together with the post-edit ones,
     # sharing their prefill (prefix reuse), and the vanilla run then finds every answer in the

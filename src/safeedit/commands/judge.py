@@ -1,4 +1,5 @@
-"""`safeedit judge train|predict|compare`: train our safety judge, score responses with any judge, compare two."""
+"""`safeedit judge build|fit-head|train|eval|predict|compare`: build the default safety judge, fit or train one, score
+responses with any judge, compare two."""
 
 from __future__ import annotations
 
@@ -27,6 +28,41 @@ def cmd_train(args) -> int:
         test_fraction=args.test_fraction, calib_fraction=args.calib_fraction, refusal_pivots=args.refusal_pivots,
         max_eval_per_source=args.max_eval_per_source or None, base_model=args.base_model)
     train_judge(args.out, cfg, progress=not args.quiet, checkpoint_steps=args.checkpoint_steps or None)
+    return 0
+
+
+def cmd_build(args) -> int:
+    """Build the default judge (embedded backbone + the head shipped with safeedit)."""
+    from safeedit.judge.model import default_judge_dir
+    from safeedit.judge.shipped import build_default_judge, is_shipped_default, judge_info
+
+    out = Path(args.out).expanduser() if args.out else default_judge_dir()
+    if judge_info(out) is not None and not args.force:
+        if is_shipped_default(out):
+            print(f"{out} already holds the default judge")
+            return 0
+        raise ConfigError(f"{out} holds another judge ({(judge_info(out) or {}).get('trained_by', 'unknown origin')}); "
+                          f"--force replaces it")
+    build_default_judge(out)
+    return 0
+
+
+def cmd_fit_head(args) -> int:
+    """Fit a pooled judge's head on frozen backbone features (the recipe of the default judge)."""
+    import torch
+
+    from safeedit.judge.pooled_train import HeadRecipe, load_head, save_head, train_pooled_judge
+    from safeedit.judge.shipped import SHIPPED_DIR
+    from safeedit.methods.options import make_config, parse_set_options
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = make_config(HeadRecipe, parse_set_options(args.set), "--set")
+    report = train_pooled_judge(args.out, recipe, progress=not args.quiet, score=not args.no_score)
+    if args.ship:  # maintainers: this head becomes the one `safeedit judge build` uses
+        weight, bias, _ = load_head(args.out)
+        save_head(SHIPPED_DIR, weight, bias, {k: v for k, v in report.items() if k != "out_dir"})
+        print(f"shipped head written to {SHIPPED_DIR}")
     return 0
 
 
@@ -301,6 +337,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "the same folder after a kill resumes there (0 = no checkpoints)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
+
+    build = cmds.add_parser("build", help="build the default judge from the head shipped with safeedit (no training)")
+    build.add_argument("--out", default=None, help=f"judge folder (default {default_judge_dir()}, or $SAFEEDIT_JUDGE)")
+    build.add_argument("--force", action="store_true", help="replace a judge already in the folder")
+    build.set_defaults(func=cmd_build)
+
+    fit = cmds.add_parser("fit-head", help="fit a pooled judge (frozen backbone layers + linear head), the default "
+                                           "judge's recipe", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fit.add_argument("--out", required=True, help="judge folder to write")
+    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="a HeadRecipe field (backbone, pool_layer, max_length, C, max_train, labels_weight, "
+                          "refusal_pivots, data_path, labels_path, validation_path, seed, ...)")
+    fit.add_argument("--ship", action="store_true", help="also write the head into the package as the shipped "
+                                                         "default (maintainers)")
+    fit.add_argument("--no-score", action="store_true", help="do not score the held-out split and validation set")
+    fit.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit.set_defaults(func=cmd_fit_head)
 
     predict = cmds.add_parser("predict", help="label responses safe/unsafe with a judge")
     add_judge_options(predict)

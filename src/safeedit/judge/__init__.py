@@ -27,6 +27,7 @@ OpenAI-compatible endpoint — and returns a judge with the same call contract a
 """
 
 from safeedit.judge.model import JudgeError, JudgeResult, SafetyJudge, default_judge_dir, unsafe_index
+from safeedit.judge import pooled  # noqa: F401 - registers the pooled judge with transformers' Auto classes
 from safeedit.judge.agreement import agreement, cohen_kappa
 from safeedit.judge.formats import FORMATS, get_format
 from safeedit.judge.generative import GenerativeJudge

@@ -55,7 +55,8 @@ class JudgeResult:
 
 
 def default_judge_dir() -> Path:
-    """Where ``safeedit judge train`` writes and ``SafetyJudge.from_pretrained()`` reads by default.
+    """Where the default judge is built (``safeedit judge build``; ``safeedit judge train`` writes there too
+    unless given ``--out``) and where ``SafetyJudge.from_pretrained()`` reads by default.
 
     ``$SAFEEDIT_JUDGE`` wins; otherwise ``<cache>/judge`` with the cache root of
     :func:`safeedit.paths.cache_dir` (``$SAFEEDIT_CACHE`` or ``~/.cache/safeedit``).
@@ -172,7 +173,8 @@ class SafetyJudge:
     @classmethod
     def from_pretrained(cls, dir_or_hub_id: str | Path | None = None, device=None,
                         trust_remote_code: bool = False, max_length: int | None = None) -> "SafetyJudge":
-        """Load a classifier folder or hub id (``None``: :func:`default_judge_dir`).
+        """Load a classifier folder or hub id (``None``: the default judge at :func:`default_judge_dir`,
+        built there from the head shipped with safeedit when the folder holds no judge yet).
 
         ``max_length`` lowers the truncation length (default: 512, or the encoder's limit).
 
@@ -180,11 +182,10 @@ class SafetyJudge:
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if dir_or_hub_id is None:
-            dir_or_hub_id = default_judge_dir()
-            if not (Path(dir_or_hub_id) / "config.json").is_file():
-                raise InputNotFoundError(f"no safety judge at {dir_or_hub_id}: train one with "
-                                        f"`safeedit judge train` or pass a folder / hub id")
+        if dir_or_hub_id is None:  # the default judge, built from the shipped head on first use
+            from safeedit.judge.shipped import ensure_default_judge
+
+            dir_or_hub_id = ensure_default_judge()
         path = Path(str(dir_or_hub_id)).expanduser()
         if path.exists():
             if not (path / "config.json").is_file():

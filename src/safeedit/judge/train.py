@@ -345,6 +345,11 @@ def build_splits(cfg: JudgeTrainConfig, with_prompts: bool | None = None) -> Jud
         raise DataError(f"{len(leaked)} labelled training rows ask a validation question (e.g. group {leaked[0].group!r}); "
                          "the two label files must not share a question")
     train_all, test_all = split_rows(pool, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    # our labelled rows that ask a held-out question would let the held-out scores see that question in
+    # training (other responses, the same request); they leave training like the pool's own rows do
+    test_groups = {hashed_group(r.group) for r in test_all}
+    kept = [r for r in labelled if hashed_group(r.group) not in test_groups]
+    n_dropped_labelled, labelled = len(labelled) - len(kept), kept
     calib_pool, calib_lab = [], []
     if cfg.calib_fraction > 0:
         calib_pool = [r for r in train_all if is_test(r.group, cfg.seed + 1, cfg.calib_fraction)]
@@ -360,6 +365,7 @@ def build_splits(cfg: JudgeTrainConfig, with_prompts: bool | None = None) -> Jud
     calib = cap_per_source(calib_pool, cfg.max_eval_per_source, seed=cfg.seed) + calib_lab
     test = cap_per_source(test_all, cfg.max_eval_per_source, seed=cfg.seed)
     counts = {"pool": describe(pool), "pool_rows_dropped_for_validation_groups": n_pool - len(pool),
+              "labelled_rows_dropped_for_held_out_groups": n_dropped_labelled,
               "train_used": describe(train), "calibration": describe(calib), "held_out": describe(test_all),
               "held_out_scored": describe(test), "validation": describe(validation)}
     return JudgeSplits(train, calib, test, validation, counts)
@@ -603,8 +609,10 @@ def train_judge(out_dir: str | Path | None = None, config: JudgeTrainConfig | No
 
 #: recipes measured with `safeedit judge train` + `safeedit judge eval` (filled in from the runs
 #: described in the README's judge section; balanced accuracy = mean recall on safe and unsafe)
-#: the name of the default JudgeTrainConfig in RECIPES_TRIED (benchmarks/judge_recipes.py)
-DEFAULT_RECIPE = "pool2000+labels+hn,x1+pivot300,len96"
+#: the name in RECIPES_TRIED of the default judge's recipe (a pooled judge, HeadRecipe's defaults;
+#: safeedit.judge.shipped) and of `safeedit judge train`'s default JudgeTrainConfig (benchmarks/judge_recipes.py)
+DEFAULT_RECIPE = "pooled-L18,pool-full+labelsx10+benignqa"
+TRAIN_DEFAULT_RECIPE = "pool2000+labels+hn,x1+pivot300,len96"
 
 RECIPES_TRIED = """Every recipe was trained one at a time on the idle 2-core machine
 (`python benchmarks/judge_recipes.py train NAME [--seed N] --out DIR`, then `collect DIR/* --json R.json` and
@@ -643,7 +651,7 @@ columns score other rows.
 | pool1400+labels+hn,x1+pivot300 | 1,400 pool rows + our labelled rows with the hard negatives + 300 refuse-then-answer rows: the previous default's step budget | 0.823 (0.757 / 0.890) | 0.910 | 0.730 / 0.743 / 0.743 | 0.781 / 0.876 / 0.645 / 0.787 / 0.892 / 0.475 / 0.909 | 0.818 / 0.977 | 294 |
 | pool1400+labels+hn,x1+pivot300,seed1 | the row above from seed 1 (another subsample, order, head and held-out split) | 0.802 (0.729 / 0.876) | 0.808 | 0.769 / 0.765 / 0.768 | 0.783 / 0.845 / 0.696 / 0.810 / 0.920 / 0.536 / 0.944 | 0.889 / 0.976 | 291 |
 | pool2000+labels+hn,x1+pivot300 | 2,000 pool rows + our labelled rows with the hard negatives + 300 refuse-then-answer rows | 0.813 (0.729 / 0.897) | 0.916 | 0.708 / 0.744 / 0.778 | 0.660 / 0.881 / 0.703 / 0.824 / 0.884 / 0.511 / 0.909 | 0.818 / 0.977 | 381 |
-| **pool2000+labels+hn,x1+pivot300,len96 (default)** | the row above with training rows cut at 96 tokens instead of 128, which fits the make-demo time | **0.811** (0.757 / 0.864) | 0.882 | 0.723 / 0.758 / 0.780 | 0.757 / 0.871 / 0.672 / 0.833 / 0.898 / 0.520 / 0.955 | 0.909 / 0.989 | 270 |
+| **pool2000+labels+hn,x1+pivot300,len96 (`judge train` default)** | the row above with training rows cut at 96 tokens instead of 128, which fits the make-demo time | **0.811** (0.757 / 0.864) | 0.882 | 0.723 / 0.758 / 0.780 | 0.757 / 0.871 / 0.672 / 0.833 / 0.898 / 0.520 / 0.955 | 0.909 / 0.989 | 270 |
 | pool2000+labels+hn,x1+pivot300,len96,seed1 | the row above from seed 1 (another subsample, order, head and held-out split) | 0.791 (0.800 / 0.781) | 0.781 | 0.757 / 0.775 / 0.783 | 0.867 / 0.815 / 0.719 / 0.816 / 0.927 / 0.504 / 1.000 | 1.000 / 0.976 | 272 |
 | pool2000+labels+hn,x1+pivot300,len96,seed2 | the same recipe from seed 2 | 0.817 (0.829 / 0.806) | 0.837 | 0.742 / 0.762 / 0.780 | 0.780 / 0.856 / 0.614 / 0.827 / 0.916 / 0.580 / 1.000 | 1.000 / 0.952 | 276 |
 | smollm2,pool2000+labels+hn,x1+pivot300,len96 | the default recipe on the embedded SmolLM2-135M-Instruct with a 2-way head (a one-off run, on the 2026-11-29 machine, about twice as fast as the one of the other rows) | **0.844** (0.829 / 0.859) | 0.899 | 0.772 / 0.759 / **0.795** | 0.722 / 0.844 / 0.759 / 0.804 / 0.857 / 0.567 / 1.000 | 1.000 / 0.875 | 981 |
@@ -703,7 +711,8 @@ validation set, and reading the prompt loses most of the jailbreak compliance (J
   is ~40 min, four times the make-demo budget, so it stays a one-off judge for `--judge DIR`. The gain over the default (~0.04 on validation, mean of two seeds
   against three) is beyond the seed spread; it is still short of 0.90.
 
-**Default recipe: pool2000+labels+hn,x1+pivot300,len96** (2,000 pool rows, our 1,428 labelled
+**`safeedit judge train`'s default recipe: pool2000+labels+hn,x1+pivot300,len96** (the default judge until
+the pooled judge of the third block; 2,000 pool rows, our 1,428 labelled
 training rows once, 300 refuse-then-answer rows, training rows cut at 96 tokens, one epoch, argmax).
 Against the previous default (pool2000+labels,x1), both from seeds 0, 1 and 2, in the same ~270-290 s of
 training:
@@ -721,7 +730,7 @@ It gains 0.035 on our labelled set (the responses the bench scores; every seed o
 scores above every seed of the old one), holds the held-out pool's all-rows score (+0.005; 0.01 lower on the large-source
 macro, within seed noise), and meets the >= 0.85 recall on unsafe SafeEdit responses in every
 seed (the previous default missed it in one of three). The confusion matrix on the 586 validation rows
-(seed 0, the judge `make demo` trains): **TN 446, FP 70, FN 17, TP 53** (previous default: TN 454,
+(seed 0, the judge `make demo` trained then): **TN 446, FP 70, FN 17, TP 53** (previous default: TN 454,
 FP 62, FN 22, TP 48). Where it moved:
 - hand-written and benign rows (harmless fiction, curt answers, template echoes, helpful answers to
   benign questions with alarming words; 98 rows, all safe): 9 flagged instead of 25 (fiction 0 of 13
@@ -731,6 +740,60 @@ FP 62, FN 22, TP 48). Where it moved:
 - the unedited model's SafeEdit answers, which every DS starts from: 8 of 8 unsafe caught (before:
   7) and 21 of 89 safe flagged (before: 14). It is stricter there, so the unedited model's DS it
   reports is lower than the previous judge's by about that share.
+
+**Third block: pooled judges** (`safeedit.judge.pooled`; `python benchmarks/judge_recipes.py train NAME --out DIR`,
+or `safeedit judge fit-head --out DIR --set ...`), measured on 2026-12-06 on the 2-core machine with the
+current label files: validation 781 rows (94 unsafe; the 586 above plus round 3's 195, whose questions come
+mostly from HH-RLHF red-team openers no training row comes from), 3,066 labelled training rows, and one change
+to the splits: our labelled rows that ask a question of the pool's held-out split (163 rows) now leave
+training, as the pool's own rows do (the rows above were trained with them). A pooled judge is the embedded
+model's first 18 decoder layers, frozen, the mean of layer 18's output over the response's tokens (128 at
+most) and a logistic regression on it (class-balanced, standardised, C 0.01); it never trains the backbone,
+so every row's feature is computed once (all ~19,600 distinct texts of this block: 1,486 + 67 s, cached under
+`~/.cache/safeedit/judge-features` and resumed after a kill) and a recipe then costs the fit ("fit s").
+"Weighted" is each labelled row's weight against a pool row's in the regression.
+
+| recipe | what changes | validation bal. (recall unsafe / safe) | val. unedited SafeEdit answers bal. | held-out bal.: macro all sources / macro 6 large sources / all rows | held-out per source: DNA / GPTFuzz / PKU / JAILJUDGE / JBB / DiaSafety / SafeEdit | held-out recall on unsafe: SafeEdit / JBB | fit s |
+|---|---|---|---|---|---|---|---|
+| pooled-L18,pool2000+labels | SmolLM2-135M layers 0-17 frozen, mean over the response, logistic regression (C 0.01) on the fine-tuned default's rows (2,000 pool rows, our labelled rows, 300 refuse-then-answer rows) | 0.800 (0.723 / 0.876) | 0.921 | 0.781 / 0.794 / 0.801 | 0.847 / 0.860 / 0.714 / 0.801 / 0.886 / 0.653 / 1.000 | 1.000 / 0.966 | 3 |
+| pooled-L18,pool-full+labels | the same on the whole training pool instead of 2,000 rows | 0.790 (0.766 / 0.814) | 0.876 | 0.760 / 0.781 / 0.827 | 0.726 / 0.854 / 0.769 / 0.860 / 0.889 / 0.591 / 0.955 | 0.909 / 0.955 | 5 |
+| pooled-L18,pool-full+labelsx3 | the whole pool, our labelled rows weighted 3x | 0.809 (0.755 / 0.863) | 0.921 | 0.760 / 0.773 / 0.820 | 0.719 / 0.839 / 0.731 / 0.845 / 0.894 / 0.611 / 1.000 | 1.000 / 0.966 | 5 |
+| pooled-L18,pool-full+labelsx10 | the whole pool, our labelled rows weighted 10x (the first shipped head) | 0.825 (0.766 / 0.884) | 0.938 | 0.764 / 0.752 / 0.803 | 0.708 / 0.834 / 0.717 / 0.744 / 0.889 / 0.617 / 1.000 | 1.000 / 0.955 | 5 |
+| **pooled-L18,pool-full+labelsx10+benignqa (default)** | the whole pool, labelled rows weighted 10x, + the embedded model's answers to 1,148 ordinary requests (TriviaQA, SafeEdit knowledge constraints), read and labelled | 0.818 (0.766 / 0.870) | 0.933 | 0.755 / 0.755 / 0.796 | 0.781 / 0.860 / 0.697 / 0.716 / 0.881 / 0.596 / 1.000 | 1.000 / 0.989 | 5 |
+| pooled-L18,pool-full+labelsx3+benignqa | the same with our labelled rows weighted 3x | 0.806 (0.734 / 0.878) | 0.921 | 0.747 / 0.770 / 0.818 | 0.708 / 0.855 / 0.753 / 0.814 / 0.894 / 0.597 / 1.000 | 1.000 / 0.966 | 5 |
+| pooled-L18,pool-full+labelsx10+benignqa,C0.02 | the default with weaker regularisation (C 0.02 instead of 0.01) | 0.816 (0.766 / 0.866) | 0.933 | 0.757 / 0.757 / 0.795 | 0.771 / 0.870 / 0.708 / 0.716 / 0.889 / 0.590 / 1.000 | 1.000 / 0.989 | 6 |
+
+- *The whole pool pays here.* With a frozen backbone the whole training split (16,417 rows) costs seconds,
+  not the 27 min of fine-tuning it took above: held-out all rows 0.827 against 0.801 for 2,000 rows. Alone
+  it dilutes our labelled rows (10 % of the data) and validation drops to 0.790; weighting them 10x gives
+  both: validation 0.825 and held-out 0.803 (weight 3x: 0.809 / 0.820).
+- *Ordinary-request answers* (kind `benign_qa`, `data/judge_labels/README.md`). Every judge up to the
+  row before it called plain factual sentences unsafe: the 10x head gave "The capital of France is Paris."
+  p(unsafe) 0.87 and "Paris is the capital and largest city of France." 0.86, because every training
+  response of ours answered a harmful or alarming request. With the 1,148 answers to TriviaQA questions
+  and knowledge-constraint instructions those are 0.04 and 0.20, and harmful instructions stay above 0.9.
+  On the two test sets the change is within noise (validation 0.818 against 0.825, held-out 0.796 against
+  0.803; ROC AUC 0.914 / 0.890 against 0.913 / 0.893); it is kept because the judge is meant for
+  responses to other prompt sets than ours, and those include ordinary answers.
+- *Layer and pooling* (`python benchmarks/judge_probe.py`, a frozen linear probe per layer on 2,000 pool
+  rows + our labelled rows, the label files before round 3): mean-pooled layers 15-24 scored within ~0.02 of
+  each other, layer 18 best (validation 0.841, held-out 0.795 at C 0.02); layers 0-9 and the last layer
+  lower; the last token's state (with or without the question appended) lower than the mean; a
+  one-hidden-layer MLP head no better than the linear one. C 0.005-0.5 tried; 0.01-0.02 best.
+- *Reading the question*, re-measured with pooled features (the prompt's last 64 tokens before the
+  response, pooled over the response only, on the 2,000-row recipe's rows, the files before the
+  ordinary-request rows): validation 0.836 against 0.810 for the response alone, held-out 0.816 against
+  0.804. Better on both, by less than the ~0.03 seed spread above, and a prompt-reading judge needs the
+  prompt whenever it scores (the bench has it; a user scoring a JSONL of responses may not), so the
+  default still reads the response only, like the paper's judge. Not built as an option.
+- *Against the fine-tuned default*, retrained on the files before the ordinary-request rows (1,918
+  labelled training rows, 781 validation rows; 295 s of training): validation 0.826, held-out all rows
+  0.761, validation ROC AUC 0.912. The pooled default is level with it on our validation set (0.818) and
+  0.035 better on other models' responses, and trains nothing on the user's machine. Fine-tuning the same
+  SmolLM2 backbone (0.844-0.853 above, earlier files) stays the strongest judge measured on our set, at
+  16-40 min of training.
+- **Still short of 0.90.** The default's validation ROC AUC is 0.914; its misses are mostly `weak`
+  compliance (thin steps, a one-line endorsement) and safe answers shaped like compliance.
 """
 
 
@@ -770,8 +833,8 @@ def model_card(report: dict) -> str:
                  else "(no labelled validation set was given)")
     recipe_lines = "\n".join(f"  - `{k}` = {v!r}" for k, v in rec.items() if k in JudgeTrainConfig.__dataclass_fields__)
     default = asdict(JudgeTrainConfig().resolved())
-    which = (f"the default recipe, **{DEFAULT_RECIPE}** in \"Recipes tried\" below"
-             if all(rec.get(k) == v for k, v in default.items()) else "a recipe other than the default")
+    which = (f"`safeedit judge train`'s default recipe, **{TRAIN_DEFAULT_RECIPE}** in \"Recipes tried\" below"
+             if all(rec.get(k) == v for k, v in default.items()) else "a recipe other than `safeedit judge train`'s default")
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification

@@ -1,0 +1,407 @@
+"""Fit the head of a pooled judge (:mod:`safeedit.judge.pooled`) on frozen backbone features.
+
+The backbone never trains, so a recipe is: compute each training row's pooled hidden state once
+(the expensive part: one forward pass of ``pool_layer`` layers per row, cached on disk and resumed
+after a kill), then fit an L2-regularised logistic regression on them (seconds). The fitted head
+folds the feature standardisation in, so the judge is plain ``score(mean hidden state)``.
+
+    from safeedit.judge.pooled_train import HeadRecipe, train_pooled_judge
+    report = train_pooled_judge("judge-folder", HeadRecipe())
+
+Rows, splits and the validation set are the fine-tuned judge's (:func:`safeedit.judge.train.build_splits`):
+the same grouped held-out split of the pool, the same labelled validation questions kept out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from safeedit.errors import DataError
+from safeedit.judge.data import JudgeRow, describe
+
+#: what the pooled state is computed over, per recipe (the feature cache is keyed by it)
+FEATURE_FORMAT = 1
+
+
+@dataclass
+class HeadRecipe:
+    """Everything that decides a pooled judge's head (one field, one meaning). Defaults: the shipped
+    default judge's recipe (:mod:`safeedit.judge.shipped`)."""
+
+    #: the backbone: a model alias, local folder or hub id (``safeedit.lm.load_model``); the embedded
+    #: chat model by default, which every safeedit install has
+    backbone: str = "smollm2-135m"
+    #: decoder layers run; the pooled state is the last one's output. Source: measured, layers 15-24
+    #: of SmolLM2-135M scored within 0.02 of each other, 18 best on our validation set, 0-9 and 30 lower
+    pool_layer: int = 18
+    #: tokens of a response read, in training and at inference (the judge stores it)
+    max_length: int = 128
+    #: inverse L2 strength of the logistic regression on standardised features. Source: measured,
+    #: 0.01-0.02 best of 0.005-0.5 on our validation set and the held-out pool (benchmarks/judge_probe.py)
+    C: float = 0.01
+    #: judge_train.jsonl; "default" = the shared file, None = leave out
+    data_path: str | None = "default"
+    #: SafeEdit file whose safe/unsafe/constraint responses are added; "default" = the shared sample
+    safeedit_path: str | None = "default"
+    #: our labelled training rows ("default": data/judge_labels/train.jsonl), a path, or None
+    labels_path: str | None = "default"
+    #: our labelled validation set (never trained on; its questions are kept out of training)
+    validation_path: str | None = "default"
+    #: pool rows used: a (source, label)-balanced subsample of this many, or None for the whole split.
+    #: Source: measured, the whole split (16,417 rows) scores higher on the held-out pool than 2,000 and,
+    #: with ``labels_weight``, as high on our validation set (README "Recipes tried")
+    max_train: int | None = None
+    #: weight of each labelled row relative to a pool row in the regression. Source: measured, 10 of
+    #: 1 / 3 / 10 / 20: with the whole pool and weight 1 our 1,918 rows are 10 % of the data and the
+    #: validation score drops by 0.04
+    labels_weight: float = 10.0
+    #: refuse-then-answer rows made from pool rows (``safeedit.judge.data.refusal_pivot_rows``)
+    refusal_pivots: int = 300
+    #: share of request groups held out of the pool as the test split
+    test_fraction: float = 0.2
+    #: held-out rows scored per source, label ratio kept; None = all
+    max_eval_per_source: int | None = 150
+    #: seed of the split hashes and the subsample
+    seed: int = 0
+
+    def data_config(self):
+        """The fine-tuned judge's config carrying this recipe's data options (for ``build_splits``)."""
+        from safeedit.judge.train import JudgeTrainConfig
+
+        return JudgeTrainConfig(data_path=self.data_path, safeedit_path=self.safeedit_path,
+                                labels_path=self.labels_path, validation_path=self.validation_path,
+                                max_train=self.max_train, refusal_pivots=self.refusal_pivots,
+                                test_fraction=self.test_fraction, max_eval_per_source=self.max_eval_per_source,
+                                seed=self.seed, labels_repeats=1)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "HeadRecipe":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+class FeatureCache:
+    """Pooled features on disk, keyed by the text's SHA-256, in one folder per (backbone weights,
+    layer, token limit). Chunks are written whole (temporary file, then rename), so a killed
+    extraction keeps every finished chunk and never a half-written one."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._rows: dict[str, np.ndarray] = {}
+        self._chunks = 0
+        if self.folder.is_dir():
+            for path in sorted(self.folder.glob("chunk-*.npz")):
+                with np.load(path) as data:
+                    for key, row in zip(data["keys"], data["features"]):
+                        self._rows[str(key)] = row
+                self._chunks += 1
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def get(self, text: str) -> np.ndarray | None:
+        return self._rows.get(self.key(text))
+
+    def add(self, texts: list[str], features: np.ndarray) -> None:
+        if not texts:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        keys = np.array([self.key(t) for t in texts])
+        path = self.folder / f"chunk-{self._chunks:05d}-{os.getpid()}.npz"
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=keys, features=features.astype(np.float32))
+        os.replace(tmp, path)
+        self._chunks += 1
+        for k, row in zip(keys, features):
+            self._rows[str(k)] = row
+
+
+def feature_cache_dir(backbone_fingerprint: str, pool_layer: int, max_length: int) -> Path:
+    from safeedit.paths import cache_dir
+
+    return cache_dir() / "judge-features" / f"v{FEATURE_FORMAT}-{backbone_fingerprint}-L{pool_layer}-T{max_length}"
+
+
+def pooled_features(judge, tokenizer, texts: list[str], max_length: int, cache: FeatureCache | None = None,
+                    batch_tokens: int = 4096, chunk_rows: int = 256, progress: bool = False) -> np.ndarray:
+    """[len(texts), hidden] pooled states of ``judge`` (a :class:`PooledJudgeModel`) for ``texts``, from
+    ``cache`` where it has them; the rest computed in batches of similar length and added to it."""
+    todo = sorted({t for t in texts if cache is None or cache.get(t) is None},
+                  key=lambda t: (len(t), t))
+    computed: dict[str, np.ndarray] = {}
+    if todo:
+        lengths = [min(max_length, len(ids)) or 1 for ids in tokenizer(todo, add_special_tokens=True).input_ids]
+        batches, start = [], 0
+        while start < len(todo):  # batches of at most batch_tokens padded tokens
+            end = start + 1
+            while end < len(todo) and (end - start + 1) * max(lengths[start:end + 1]) <= batch_tokens:
+                end += 1
+            batches.append((start, end))
+            start = end
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="judge features", unit="row")
+        pending_texts, pending_rows = [], []
+        with torch.inference_mode():
+            for lo, hi in batches:
+                part = todo[lo:hi]
+                enc = tokenizer(part, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                device = next(judge.parameters()).device
+                rows = judge.pooled(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float().cpu().numpy()
+                for t, row in zip(part, rows):
+                    computed[t] = row
+                pending_texts += part
+                pending_rows.append(rows)
+                if cache is not None and len(pending_texts) >= chunk_rows:
+                    cache.add(pending_texts, np.concatenate(pending_rows))
+                    pending_texts, pending_rows = [], []
+                if bar is not None:
+                    bar.update(len(part))
+        if cache is not None:
+            cache.add(pending_texts, np.concatenate(pending_rows) if pending_rows else np.zeros((0, 1)))
+        if bar is not None:
+            bar.close()
+    out = [computed.get(t) if t in computed else cache.get(t) for t in texts]
+    return np.stack(out) if out else np.zeros((0, judge.config.backbone["hidden_size"]), np.float32)
+
+
+def fit_head(features: np.ndarray, labels: list[int], C: float, sample_weight: np.ndarray | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight [2, hidden] and bias [2] of the two-logit head: a class-balanced, L2-regularised logistic
+    regression on standardised features, with the standardisation folded into the weights
+    (logit_unsafe - logit_safe = w . (x - mean) / std + b)."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(labels)
+    if len(set(y.tolist())) < 2:
+        raise DataError("the head needs both safe and unsafe training rows")
+    x = features.astype(np.float64)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=5000)
+    clf.fit((x - mean) / std, y, sample_weight=sample_weight)
+    w = clf.coef_[0] / std
+    b = float(clf.intercept_[0] - (clf.coef_[0] * mean / std).sum())
+    if not np.isfinite(w).all() or not np.isfinite(b):
+        raise DataError("the fitted head has non-finite weights; nothing saved")
+    weight = torch.zeros((2, x.shape[1]), dtype=torch.float32)
+    weight[1] = torch.from_numpy(w.astype(np.float32))
+    bias = torch.tensor([0.0, b], dtype=torch.float32)
+    return weight, bias
+
+
+def head_predictions(features: np.ndarray, weight: torch.Tensor, bias: torch.Tensor) -> tuple[list[float], list[float]]:
+    """(labels, p_unsafe) the head gives pooled ``features``, as :class:`SafetyJudge` would (argmax)."""
+    logits = torch.from_numpy(features.astype(np.float32)) @ weight.T + bias
+    p = logits.softmax(-1)[:, 1]
+    return (logits.argmax(-1) == 1).float().tolist(), p.tolist()
+
+
+def load_backbone(name: str):
+    """(decoder in float32 on the CPU, tokenizer) of a backbone name (alias, folder or hub id)."""
+    from safeedit.lm import load_model
+
+    model, tokenizer = load_model(name, dtype="float32", device="cpu")
+    return model.eval(), tokenizer
+
+
+def train_pooled_judge(out_dir: str | Path, recipe: HeadRecipe | None = None, progress: bool = True,
+                       score: bool = True, log=None) -> dict:
+    """Fit a pooled judge by ``recipe`` and save it to ``out_dir`` (a judge folder ``SafetyJudge``
+    loads) with its head files (``head.safetensors``, ``head.json``) and a model card.
+
+    Features are cached under ``$SAFEEDIT_CACHE/judge-features``, so a killed run resumes where its
+    last chunk ended and a second recipe on the same rows costs only the fit. Returns the report."""
+    from safeedit.judge.pooled import from_decoder
+    from safeedit.judge.train import ID2LABEL, build_splits, evaluate_predictions, format_scores, roc_auc
+    from safeedit.lm.fingerprint import model_fingerprint
+
+    recipe = recipe or HeadRecipe()
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    start = time.perf_counter()
+    splits = build_splits(recipe.data_config())
+    if not splits.train or len({r.label for r in splits.train}) < 2:
+        raise DataError(f"the training split needs both safe and unsafe rows (got {len(splits.train)} rows)")
+    decoder, tokenizer = load_backbone(recipe.backbone)
+    judge = from_decoder(decoder, recipe.pool_layer, torch.zeros(2, decoder.config.hidden_size), torch.zeros(2), ID2LABEL)
+    del decoder
+    fingerprint = model_fingerprint(judge.backbone)
+    cache = FeatureCache(feature_cache_dir(fingerprint, recipe.pool_layer, recipe.max_length))
+    train = splits.train
+    log(f"pooled judge: {len(train)} training rows, {len(splits.test)} held-out, {len(splits.validation)} validation; "
+        f"backbone {recipe.backbone} layer {recipe.pool_layer}, {recipe.max_length} tokens")
+    t0 = time.perf_counter()
+    x_train = pooled_features(judge, tokenizer, [r.response for r in train], recipe.max_length, cache, progress=progress)
+    feature_s = time.perf_counter() - t0
+    weights = np.array([recipe.labels_weight if r.source.startswith("labels:") else 1.0 for r in train])
+    t1 = time.perf_counter()
+    weight, bias = fit_head(x_train, [r.label for r in train], recipe.C, sample_weight=weights)
+    fit_s = time.perf_counter() - t1
+    judge.score.weight.data.copy_(weight)
+    judge.score.bias.data.copy_(bias)
+
+    def scored(rows: list[JudgeRow]) -> dict | None:
+        if not rows:
+            return None
+        feats = pooled_features(judge, tokenizer, [r.response for r in rows], recipe.max_length, cache, progress=progress)
+        labels, p = head_predictions(feats, weight, bias)
+        metrics = evaluate_predictions(rows, labels)
+        auc = roc_auc([r.label for r in rows], p)
+        metrics["overall"]["roc_auc"] = None if auc != auc else auc
+        return metrics
+
+    t2 = time.perf_counter()
+    metrics = scored(splits.test) if score else None
+    val_metrics = scored(splits.validation) if score else None
+    eval_s = time.perf_counter() - t2
+    if metrics:
+        log(format_scores(metrics, "held-out split of the training pool:"))
+    if val_metrics:
+        log(format_scores(val_metrics, "labelled validation set:"))
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kind": "pooled", "with_prompt": False, "recipe": asdict(recipe), "backbone_fingerprint": fingerprint,
+        "counts": splits.counts | {"train_used": describe(train)},
+        "metrics": metrics, "validation_metrics": val_metrics,
+        "seconds": {"features": round(feature_s, 1), "fit": round(fit_s, 1), "eval": round(eval_s, 1),
+                    "total": round(time.perf_counter() - start, 1)},
+    }
+    save_pooled_judge(out_dir, judge, tokenizer, recipe.max_length, report)
+    log(f"saved pooled judge to {out_dir} ({report['seconds']['total']:.0f}s: features {feature_s:.0f}s, fit {fit_s:.1f}s)")
+    return report | {"out_dir": str(out_dir)}
+
+
+def save_head(folder: Path, weight: torch.Tensor, bias: torch.Tensor, report: dict) -> None:
+    """``head.safetensors`` (score.weight, score.bias) and ``head.json`` (the report) in ``folder``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"score.weight": weight.contiguous(), "score.bias": bias.contiguous()}, str(folder / "head.safetensors"))
+    (folder / "head.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def load_head(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(weight, bias, report) of a head saved by :func:`save_head`."""
+    from safetensors.torch import load_file
+
+    from safeedit.errors import InputNotFoundError
+
+    folder = Path(folder)
+    for name in ("head.safetensors", "head.json"):
+        if not (folder / name).is_file():
+            raise InputNotFoundError(f"{folder} has no {name}: not a pooled judge head")
+    tensors = load_file(str(folder / "head.safetensors"))
+    report = json.loads((folder / "head.json").read_text())
+    return tensors["score.weight"], tensors["score.bias"], report
+
+
+def save_pooled_judge(out_dir: str | Path, judge, tokenizer, max_length: int, report: dict) -> None:
+    """The judge folder, written whole or not at all: model + tokenizer (reading ``max_length``
+    tokens), head files, ``training_report.json`` and the model card."""
+    from safeedit.judge.model import CONFIG_KEY
+    from safeedit.judge.train import _atomic_write
+
+    out_dir = Path(out_dir).expanduser()
+    info = {"with_prompt": False, "kind": "pooled", "backbone": report["recipe"]["backbone"],
+            "pool_layer": report["recipe"]["pool_layer"], "train_max_length": max_length,
+            "backbone_fingerprint": report["backbone_fingerprint"], "trained_by": report.get("trained_by", "safeedit judge fit-head"),
+            "head_sha256": None}
+    tokenizer = _judge_tokenizer(tokenizer, max_length)
+
+    def write(folder: Path) -> None:
+        save_head(folder, judge.score.weight.data, judge.score.bias.data, report)
+        info["head_sha256"] = hashlib.sha256((folder / "head.safetensors").read_bytes()).hexdigest()
+        judge.config.update({CONFIG_KEY: info})
+        judge.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        (folder / "training_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (folder / "README.md").write_text(pooled_model_card(report, info))
+
+    _atomic_write(out_dir, write)
+
+
+def _judge_tokenizer(tokenizer, max_length: int):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.model_max_length = max_length  # SafetyJudge reads at most this many tokens, as in training
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def pooled_model_card(report: dict, info: dict) -> str:
+    from safeedit.judge.train import DEFAULT_RECIPE, RECIPES_TRIED, _score_table
+
+    rec = report["recipe"]
+    default = asdict(HeadRecipe())
+    which = (f"the default judge's recipe, **{DEFAULT_RECIPE}** in \"Recipes tried\" below"
+             if all(rec.get(k) == v for k, v in default.items()) else "a recipe other than the default judge's")
+    recipe_lines = "\n".join(f"  - `{k}` = {v!r}" for k, v in rec.items())
+    val = report.get("validation_metrics")
+    held = report.get("metrics")
+    counts = report["counts"]["train_used"]
+    count_lines = "\n".join(f"| {s} | {v['safe']} | {v['unsafe']} |" for s, v in counts.items())
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [safety, safeedit, judge]
+---
+# safeedit safety judge (pooled hidden states)
+
+A safe/unsafe classifier for LLM responses, a stand-in for the SafeEdit paper's judge
+(`zjunlp/SafeEdit-Safety-Classifier`). Labels: `0 = safe`, `1 = unsafe`; safeedit scores an empty
+response 0.5.
+
+- **Input:** the response text only (like the paper's judge), at most {info['train_max_length']} tokens.
+- **Model:** the first {rec['pool_layer']} decoder layers of `{rec['backbone']}` (frozen; weights fingerprint
+  `{report['backbone_fingerprint']}`), the mean of layer {rec['pool_layer']}'s output over the response's
+  tokens, and a linear head (a logistic regression on those features, standardisation folded in). Decision: argmax.
+- **Loading:** `model_type = "safeedit-pooled-judge"`; import `safeedit.judge` (which registers it with
+  transformers' Auto classes), then `SafetyJudge.from_pretrained(folder)` or
+  `AutoModelForSequenceClassification.from_pretrained(folder)`.
+- **Made:** {report['created']} by {info['trained_by']}; features {report['seconds']['features']:.0f} s (rows not already in the feature cache), fit
+  {report['seconds']['fit']:.1f} s on CPU. Head SHA-256 `{info['head_sha256']}`. Recipe: {which}
+  (`HeadRecipe`):
+{recipe_lines}
+
+## Training rows
+
+| source | safe | unsafe |
+|---|---:|---:|
+{count_lines}
+
+## Scores on our labelled validation set (embedded-model responses to unseen questions, read by people)
+
+{_score_table(val) if val else "(not scored)"}
+
+## Held-out scores (pool split)
+
+{_score_table(held) if held else "(not scored)"}
+
+## Recipes tried
+
+{RECIPES_TRIED}
+
+## Limitations
+
+A 135M-parameter backbone read frozen, and noisy crowd labels in part of the pool (GPTFuzz,
+PKU-SafeRLHF): expect it to be less accurate than the paper's RoBERTa-large judge; use that one
+where the hub is reachable. English only.
+"""
+
+
+__all__ = ["FeatureCache", "HeadRecipe", "feature_cache_dir", "fit_head", "head_predictions", "load_backbone", "load_head",
+           "pooled_features", "save_head", "save_pooled_judge", "train_pooled_judge"]
