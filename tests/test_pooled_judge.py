@@ -50,10 +50,14 @@ def test_saved_judge_loads_with_auto_classes_and_safety_judge(tmp_path):
     judge.save_pretrained(tmp_path / "j")
     tok.save_pretrained(tmp_path / "j")
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "j")
-    assert type(again).__name__ == "PooledJudgeModel"
+    assert type(again).__name__ == "PooledJudgeForSequenceClassification"
     enc = tok([_words(4), _words(5)], padding=True, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(again(**enc).logits, judge(**enc).logits)
+    from safeedit.judge.load import judge_kind, load_judge
+
+    assert judge_kind(str(tmp_path / "j")) == "classifier"  # --judge FOLDER takes it, like any classifier
+    assert isinstance(load_judge(str(tmp_path / "j")), SafetyJudge)
     sj = SafetyJudge.from_pretrained(tmp_path / "j")
     result = sj([_words(4), "", _words(5)])
     assert result.labels[1] == 0.5

@@ -10,7 +10,7 @@ backbone stays frozen, so a judge is the backbone's first layers (a deterministi
 model every safeedit install has) plus a 2 x hidden head: small enough to ship with the code
 (:mod:`safeedit.judge.shipped`).
 
-:class:`PooledJudgeModel` is a ``PreTrainedModel`` registered with transformers' Auto classes
+:class:`PooledJudgeForSequenceClassification` is a ``PreTrainedModel`` registered with transformers' Auto classes
 under ``model_type = "safeedit-pooled-judge"``, so a saved judge folder loads with
 ``AutoModelForSequenceClassification.from_pretrained`` (and :meth:`SafetyJudge.from_pretrained`)
 once :mod:`safeedit.judge` is imported. Its ``forward`` returns the two logits (0 safe, 1 unsafe).
@@ -56,7 +56,7 @@ class PooledJudgeConfig(PretrainedConfig):
         return config
 
 
-class PooledJudgeModel(PreTrainedModel):
+class PooledJudgeForSequenceClassification(PreTrainedModel):
     """The backbone's first ``pool_layer`` decoder layers, a masked mean over the tokens, a linear head."""
 
     config_class = PooledJudgeConfig
@@ -99,11 +99,11 @@ class PooledJudgeModel(PreTrainedModel):
 
 
 AutoConfig.register(MODEL_TYPE, PooledJudgeConfig, exist_ok=True)
-AutoModelForSequenceClassification.register(PooledJudgeConfig, PooledJudgeModel, exist_ok=True)
+AutoModelForSequenceClassification.register(PooledJudgeConfig, PooledJudgeForSequenceClassification, exist_ok=True)
 
 
 def from_decoder(decoder: nn.Module, pool_layer: int, weight: torch.Tensor, bias: torch.Tensor,
-                 id2label: dict[int, str]) -> PooledJudgeModel:
+                 id2label: dict[int, str]) -> PooledJudgeForSequenceClassification:
     """A pooled judge made of a loaded causal LM's first ``pool_layer`` layers (copied; ``decoder`` is
     left as it was) and the head ``weight`` [2, hidden], ``bias`` [2]."""
     base = getattr(decoder, "model", decoder)
@@ -117,7 +117,7 @@ def from_decoder(decoder: nn.Module, pool_layer: int, weight: torch.Tensor, bias
     if tuple(weight.shape) != (config.num_labels, hidden) or tuple(bias.shape) != (config.num_labels,):
         raise ConfigError(f"head shapes {tuple(weight.shape)} / {tuple(bias.shape)} do not fit a {hidden}-wide backbone")
     with torch.device("meta"):
-        judge = PooledJudgeModel(config)
+        judge = PooledJudgeForSequenceClassification(config)
     state = {}
     for name, tensor in base.state_dict().items():
         if name.startswith("layers."):
@@ -137,4 +137,4 @@ def from_decoder(decoder: nn.Module, pool_layer: int, weight: torch.Tensor, bias
     return judge.eval()
 
 
-__all__ = ["MODEL_TYPE", "PooledJudgeConfig", "PooledJudgeModel", "from_decoder"]
+__all__ = ["MODEL_TYPE", "PooledJudgeConfig", "PooledJudgeForSequenceClassification", "from_decoder"]

@@ -135,7 +135,7 @@ def feature_cache_dir(backbone_fingerprint: str, pool_layer: int, max_length: in
 
 def pooled_features(judge, tokenizer, texts: list[str], max_length: int, cache: FeatureCache | None = None,
                     batch_tokens: int = 4096, chunk_rows: int = 256, progress: bool = False) -> np.ndarray:
-    """[len(texts), hidden] pooled states of ``judge`` (a :class:`PooledJudgeModel`) for ``texts``, from
+    """[len(texts), hidden] pooled states of ``judge`` (a :class:`PooledJudgeForSequenceClassification`) for ``texts``, from
     ``cache`` where it has them; the rest computed in batches of similar length and added to it."""
     todo = sorted({t for t in texts if cache is None or cache.get(t) is None},
                   key=lambda t: (len(t), t))
