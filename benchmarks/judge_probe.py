@@ -26,6 +26,8 @@ def layer_means(decoder, tokenizer, texts: list[str], layers: list[int], max_len
     """[len(texts), len(layers), hidden]: each layer's output (hidden_states[layer]) averaged over real tokens."""
     from tqdm.auto import tqdm
 
+    from safeedit.judge.pooled import masked_mean
+
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), len(layers), decoder.config.hidden_size), np.float32)
     with torch.inference_mode():
@@ -37,9 +39,8 @@ def layer_means(decoder, tokenizer, texts: list[str], layers: list[int], max_len
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             hidden = decoder.model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
                                    output_hidden_states=True).hidden_states
-            w = mask.unsqueeze(-1).float()
-            for j, layer in enumerate(layers):
-                out[idx, j] = ((hidden[layer] * w).sum(1) / w.sum(1).clamp(min=1)).numpy()
+            for j, layer in enumerate(layers):  # what a pooled judge with pool_layer = layer reads
+                out[idx, j] = masked_mean(hidden[layer], mask).numpy()
     return out
 
 

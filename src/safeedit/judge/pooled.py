@@ -56,6 +56,12 @@ class PooledJudgeConfig(PretrainedConfig):
         return config
 
 
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[batch, hidden]: ``hidden`` [batch, seq, hidden] averaged over the positions where ``mask`` is 1."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 class PooledJudgeForSequenceClassification(PreTrainedModel):
     """The backbone's first ``pool_layer`` decoder layers, a masked mean over the tokens, a linear head."""
 
@@ -85,8 +91,7 @@ class PooledJudgeForSequenceClassification(PreTrainedModel):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                use_cache=False).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return masked_mean(hidden, mask)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs) -> SequenceClassifierOutput:
@@ -137,4 +142,4 @@ def from_decoder(decoder: nn.Module, pool_layer: int, weight: torch.Tensor, bias
     return judge.eval()
 
 
-__all__ = ["MODEL_TYPE", "PooledJudgeConfig", "PooledJudgeForSequenceClassification", "from_decoder"]
+__all__ = ["MODEL_TYPE", "PooledJudgeConfig", "PooledJudgeForSequenceClassification", "from_decoder", "masked_mean"]

@@ -155,11 +155,11 @@ def pooled_features(judge, tokenizer, texts: list[str], max_length: int, cache: 
 
             bar = tqdm(total=len(todo), desc="judge features", unit="row")
         pending_texts, pending_rows = [], []
+        device = next(judge.parameters()).device
         with torch.inference_mode():
             for lo, hi in batches:
                 part = todo[lo:hi]
                 enc = tokenizer(part, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-                device = next(judge.parameters()).device
                 rows = judge.pooled(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float().cpu().numpy()
                 for t, row in zip(part, rows):
                     computed[t] = row

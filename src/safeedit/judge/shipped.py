@@ -4,7 +4,7 @@ The head (``shipped/head.safetensors``, 2 x 576 weights and 2 biases, and ``ship
 its recipe, backbone fingerprint and scores) was fitted once by ``safeedit judge fit-head``
 (:func:`safeedit.judge.pooled_train.train_pooled_judge`); the backbone is the embedded chat model,
 which every install has. :func:`build_default_judge` puts the two together into a judge folder
-(no training: ~20 s, most of it reading the backbone), so every machine scores with the same,
+(no training: ~12 s on a 2-core CPU, most of it reading the backbone), so every machine scores with the same,
 measured judge, and ``make demo`` trains nothing. The backbone's weights are checked against the
 fingerprint the head was fitted on: a different conversion of the model fails loudly instead of
 scoring with a head that does not fit it.
@@ -83,12 +83,13 @@ def ensure_default_judge(log=None) -> Path:
     A folder holding another judge (one you trained with ``safeedit judge train``, or a judge built
     by an older install) is used as it is, with a warning that says how to switch."""
     folder = default_judge_dir()
-    if judge_info(folder) is None:
+    info = judge_info(folder)
+    if info is None:
         return build_default_judge(folder, log=log)
-    if not is_shipped_default(folder):
+    if info.get("head_sha256") != shipped_head_sha256():
         logging.getLogger(__name__).warning(
             "the judge at %s is not this install's default judge (%s); `safeedit judge build --force` replaces it",
-            folder, (judge_info(folder) or {}).get("trained_by", "unknown origin"))
+            folder, info.get("trained_by", "unknown origin"))
     return folder
 
 
