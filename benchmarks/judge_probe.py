@@ -82,10 +82,10 @@ def main() -> int:
     print("|---:|---:|---:|---:|")
     for j, layer in enumerate(layers):
         for c in cs:
-            weight, bias = fit_head(feats["train"][:, j], y, c)
+            head = fit_head(feats["train"][:, j], y, c)
             scores = []
             for name in ("validation", "held_out"):
-                labels, _ = head_predictions(feats[name][:, j], weight, bias)
+                labels, _ = head_predictions(feats[name][:, j], head)
                 scores.append(evaluate_predictions(sets[name], labels)["overall"]["balanced_accuracy"])
             print(f"| {layer} | {c:g} | {scores[0]:.3f} | {scores[1]:.3f} |", flush=True)
     return 0

@@ -89,10 +89,13 @@ RECIPES = {
 NO_BENIGN_QA = "/tmp/judge_labels_no_benign_qa.jsonl"
 
 #: HeadRecipe values every pooled recipe starts from, so a name keeps its meaning when the defaults move
-POOLED_BASE = dict(pool_layer=18, max_length=128, C=0.01, refusal_pivots=300)
+POOLED_BASE = dict(pool_layer=18, max_length=128, C=0.01, refusal_pivots=300, head_hidden=0)
+#: the MLP head's values (HeadRecipe's defaults since the MLP head became the default), for the mlp rows
+MLP_HEAD = dict(head_hidden=64, head_members=5, head_epochs=30, head_batch=256, head_lr=1e-3, head_weight_decay=0.01,
+                head_dropout=0.2)
 
-#: pooled judges (safeedit.judge.pooled: the embedded model's first layers, frozen, mean-pooled, a linear head
-#: fitted by `safeedit judge fit-head`): name -> (what it tests, HeadRecipe overrides of POOLED_BASE)
+#: pooled judges (safeedit.judge.pooled: the embedded model's first layers, frozen, mean-pooled, a linear or
+#: MLP head fitted by `safeedit judge fit-head`): name -> (what it tests, HeadRecipe overrides of POOLED_BASE)
 POOLED_RECIPES = {
     "pooled-L18,pool2000+labels": ("SmolLM2-135M layers 0-17 frozen, mean over the response, logistic regression "
                                    "(C 0.01) on the fine-tuned default's rows (2,000 pool rows, our labelled rows, "
@@ -113,6 +116,17 @@ POOLED_RECIPES = {
     "pooled-L18,pool-full+labelsx10+benignqa,C0.02": ("the default with weaker regularisation (C 0.02 instead of 0.01)",
                                                       dict(max_train=None, labels_weight=10.0, labels_path="default",
                                                            C=0.02)),
+    "pooled-L18,pool-full+labelsx10+benignqa,mlp64x5": ("the same rows, an MLP head instead of the logistic regression "
+                                                        "(one GELU layer of 64 units, 30 epochs, dropout 0.2, 5 seeds "
+                                                        "averaged)",
+                                                        dict(max_train=None, labels_weight=10.0, labels_path="default",
+                                                             **MLP_HEAD)),
+    "pooled-L18,pool-full+labelsx10+benignqa,mlp128x5": ("the MLP head with 128 units",
+                                                         dict(max_train=None, labels_weight=10.0, labels_path="default",
+                                                              **{**MLP_HEAD, "head_hidden": 128})),
+    "pooled-L18,pool-full+labelsx3+benignqa,mlp64x5": ("the MLP head with our labelled rows weighted 3x",
+                                                       dict(max_train=None, labels_weight=3.0, labels_path="default",
+                                                            **MLP_HEAD)),
 }
 
 

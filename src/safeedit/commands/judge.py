@@ -60,8 +60,8 @@ def cmd_fit_head(args) -> int:
     recipe = make_config(HeadRecipe, parse_set_options(args.set), "--set")
     report = train_pooled_judge(args.out, recipe, progress=not args.quiet, score=not args.no_score)
     if args.ship:  # maintainers: this head becomes the one `safeedit judge build` uses
-        weight, bias, _ = load_head(args.out)
-        save_head(SHIPPED_DIR, weight, bias, {k: v for k, v in report.items() if k != "out_dir"})
+        head, _ = load_head(args.out)
+        save_head(SHIPPED_DIR, head, {k: v for k, v in report.items() if k != "out_dir"})
         print(f"shipped head written to {SHIPPED_DIR}")
     return 0
 
@@ -343,12 +343,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--force", action="store_true", help="replace a judge already in the folder")
     build.set_defaults(func=cmd_build)
 
-    fit = cmds.add_parser("fit-head", help="fit a pooled judge (frozen backbone layers + linear head), the default "
+    fit = cmds.add_parser("fit-head", help="fit a pooled judge (frozen backbone layers + MLP or linear head), the default "
                                            "judge's recipe", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     fit.add_argument("--out", required=True, help="judge folder to write")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="a HeadRecipe field (backbone, pool_layer, max_length, C, max_train, labels_weight, "
-                          "refusal_pivots, data_path, labels_path, validation_path, seed, ...)")
+                     help="a HeadRecipe field (backbone, pool_layer, max_length, head_hidden, head_members, C, max_train, "
+                          "labels_weight, refusal_pivots, data_path, labels_path, validation_path, seed, ...)")
     fit.add_argument("--ship", action="store_true", help="also write the head into the package as the shipped "
                                                          "default (maintainers)")
     fit.add_argument("--no-score", action="store_true", help="do not score the held-out split and validation set")

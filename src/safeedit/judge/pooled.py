@@ -1,5 +1,5 @@
 """A safety judge that reads a decoder's hidden states: the first layers of a chat model, averaged
-over the response's tokens, and a linear head.
+over the response's tokens, and a small head (linear, or one hidden layer).
 
 Why: the embedded chat model's middle layers already separate harmful compliance from refusals,
 noise and benign answers better than a fine-tuned 22M-parameter sentence encoder. A logistic
@@ -7,13 +7,18 @@ regression on the mean hidden state after layer 18 of SmolLM2-135M-Instruct, tra
 default recipe's rows, scored 0.841 on our labelled validation set and 0.795 on the held-out pool
 against 0.811 / 0.780 for the fine-tuned all-MiniLM-L6-v2 (``benchmarks/judge_probe.py``). The
 backbone stays frozen, so a judge is the backbone's first layers (a deterministic function of a
-model every safeedit install has) plus a 2 x hidden head: small enough to ship with the code
+model every safeedit install has) plus a head of under 1 MB: small enough to ship with the code
 (:mod:`safeedit.judge.shipped`).
 
 :class:`PooledJudgeForSequenceClassification` is a ``PreTrainedModel`` registered with transformers' Auto classes
 under ``model_type = "safeedit-pooled-judge"``, so a saved judge folder loads with
 ``AutoModelForSequenceClassification.from_pretrained`` (and :meth:`SafetyJudge.from_pretrained`)
 once :mod:`safeedit.judge` is imported. Its ``forward`` returns the two logits (0 safe, 1 unsafe).
+
+The head (``score``) is either a linear layer (``head_hidden = 0``: state ``score.weight``,
+``score.bias``) or ``Linear -> GELU -> Linear`` with ``head_hidden`` units (``score.0.*``,
+``score.2.*``). A head is passed around as that state dict (``{"score.weight": ..., ...}``), the
+form ``head.safetensors`` stores.
 """
 
 from __future__ import annotations
@@ -36,11 +41,16 @@ class PooledJudgeConfig(PretrainedConfig):
 
     model_type = MODEL_TYPE
 
-    def __init__(self, backbone: dict | None = None, pool_layer: int = 18, pooling: str = "mean", **kwargs):
+    def __init__(self, backbone: dict | None = None, pool_layer: int = 18, pooling: str = "mean",
+                 head_hidden: int = 0, **kwargs):
         kwargs.setdefault("num_labels", 2)
         super().__init__(**kwargs)
         self.backbone = dict(backbone or {})
         self.pool_layer = int(pool_layer)
+        if int(head_hidden) < 0:
+            raise ConfigError(f"head_hidden must be >= 0 (0: a linear head), got {head_hidden}")
+        #: units of the head's hidden layer; 0 = a linear head (folders written before it existed)
+        self.head_hidden = int(head_hidden)
         if pooling != "mean":
             raise ConfigError(f"pooling must be 'mean', got {pooling!r}")
         self.pooling = pooling
@@ -56,6 +66,32 @@ class PooledJudgeConfig(PretrainedConfig):
         return config
 
 
+def make_head(hidden_size: int, head_hidden: int, num_labels: int = 2) -> nn.Module:
+    """The judge's ``score`` module: linear when ``head_hidden`` is 0, else one GELU hidden layer."""
+    if head_hidden == 0:
+        return nn.Linear(hidden_size, num_labels)
+    return nn.Sequential(nn.Linear(hidden_size, head_hidden), nn.GELU(), nn.Linear(head_hidden, num_labels))
+
+
+def head_hidden_of(head: dict[str, torch.Tensor]) -> int:
+    """``head_hidden`` of a head state dict (see the module docstring): 0 for a linear head."""
+    if "score.weight" in head:
+        return 0
+    if "score.0.weight" not in head:
+        raise ConfigError(f"not a judge head: expected score.weight or score.0.weight, got {sorted(head)[:4]}")
+    return int(head["score.0.weight"].shape[0])
+
+
+def set_head(judge: "PooledJudgeForSequenceClassification", head: dict[str, torch.Tensor]) -> None:
+    """Give ``judge`` the head ``head`` (its ``score`` module rebuilt to the head's shape, the config's
+    ``head_hidden`` with it)."""
+    width = head_hidden_of(head)
+    module = make_head(judge.backbone.config.hidden_size, width, judge.config.num_labels)
+    module.load_state_dict({k[len("score."):]: v.detach().to(torch.float32).clone() for k, v in head.items()})
+    judge.score = module.train(judge.training)
+    judge.config.head_hidden = width
+
+
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[batch, hidden]: ``hidden`` [batch, seq, hidden] averaged over the positions where ``mask`` is 1."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -63,7 +99,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class PooledJudgeForSequenceClassification(PreTrainedModel):
-    """The backbone's first ``pool_layer`` decoder layers, a masked mean over the tokens, a linear head."""
+    """The backbone's first ``pool_layer`` decoder layers, a masked mean over the tokens, a small head."""
 
     config_class = PooledJudgeConfig
     base_model_prefix = "backbone"
@@ -78,7 +114,7 @@ class PooledJudgeForSequenceClassification(PreTrainedModel):
         # the pooled state is the last run layer's output as the full model's residual stream carries
         # it, not the final norm's output (which the full model applies after its last layer only)
         self.backbone.norm = nn.Identity()
-        self.score = nn.Linear(self.backbone.config.hidden_size, config.num_labels)
+        self.score = make_head(self.backbone.config.hidden_size, getattr(config, "head_hidden", 0), config.num_labels)
         self.post_init()
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,7 +132,7 @@ class PooledJudgeForSequenceClassification(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs) -> SequenceClassifierOutput:
         pooled = self.pooled(input_ids, attention_mask)
-        logits = self.score(pooled.to(self.score.weight.dtype))
+        logits = self.score(pooled.to(next(self.score.parameters()).dtype))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits, labels)
@@ -107,20 +143,23 @@ AutoConfig.register(MODEL_TYPE, PooledJudgeConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(PooledJudgeConfig, PooledJudgeForSequenceClassification, exist_ok=True)
 
 
-def from_decoder(decoder: nn.Module, pool_layer: int, weight: torch.Tensor, bias: torch.Tensor,
+def from_decoder(decoder: nn.Module, pool_layer: int, head: dict[str, torch.Tensor],
                  id2label: dict[int, str]) -> PooledJudgeForSequenceClassification:
     """A pooled judge made of a loaded causal LM's first ``pool_layer`` layers (copied; ``decoder`` is
-    left as it was) and the head ``weight`` [2, hidden], ``bias`` [2]."""
+    left as it was) and ``head``, the ``score`` module's state dict (linear or one hidden layer)."""
     base = getattr(decoder, "model", decoder)
     if not hasattr(base, "layers") or not hasattr(base, "embed_tokens"):
         raise ConfigError(f"{type(decoder).__name__} has no .model.layers / .embed_tokens (Llama-style decoder expected)")
     fields = decoder.config.to_dict()
     fields.pop("architectures", None)
-    config = PooledJudgeConfig(backbone=fields, pool_layer=pool_layer, id2label=dict(id2label),
-                               label2id={v: k for k, v in id2label.items()})
+    config = PooledJudgeConfig(backbone=fields, pool_layer=pool_layer, head_hidden=head_hidden_of(head),
+                               id2label=dict(id2label), label2id={v: k for k, v in id2label.items()})
     hidden = decoder.config.hidden_size
-    if tuple(weight.shape) != (config.num_labels, hidden) or tuple(bias.shape) != (config.num_labels,):
-        raise ConfigError(f"head shapes {tuple(weight.shape)} / {tuple(bias.shape)} do not fit a {hidden}-wide backbone")
+    expected = {f"score.{k}": tuple(v.shape) for k, v in
+                make_head(hidden, config.head_hidden, config.num_labels).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in head.items()}
+    if got != expected:
+        raise ConfigError(f"head shapes {got} do not fit a {hidden}-wide backbone (expected {expected})")
     with torch.device("meta"):
         judge = PooledJudgeForSequenceClassification(config)
     state = {}
@@ -131,8 +170,8 @@ def from_decoder(decoder: nn.Module, pool_layer: int, weight: torch.Tensor, bias
         elif name == "norm.weight" or name.startswith("rotary_emb."):
             continue
         state[f"backbone.{name}"] = tensor.detach().clone()
-    state["score.weight"] = weight.detach().to(torch.float32).clone()
-    state["score.bias"] = bias.detach().to(torch.float32).clone()
+    for name, tensor in head.items():
+        state[name] = tensor.detach().to(torch.float32).clone()
     judge.load_state_dict(state, strict=False, assign=True)
     missing = [n for n, p in judge.named_parameters() if p.is_meta]
     if missing:
@@ -142,4 +181,5 @@ def from_decoder(decoder: nn.Module, pool_layer: int, weight: torch.Tensor, bias
     return judge.eval()
 
 
-__all__ = ["MODEL_TYPE", "PooledJudgeConfig", "PooledJudgeForSequenceClassification", "from_decoder", "masked_mean"]
+__all__ = ["MODEL_TYPE", "PooledJudgeConfig", "PooledJudgeForSequenceClassification", "from_decoder", "head_hidden_of",
+           "make_head", "masked_mean", "set_head"]

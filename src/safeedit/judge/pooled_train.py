@@ -2,8 +2,10 @@
 
 The backbone never trains, so a recipe is: compute each training row's pooled hidden state once
 (the expensive part: one forward pass of ``pool_layer`` layers per row, cached on disk and resumed
-after a kill), then fit an L2-regularised logistic regression on them (seconds). The fitted head
-folds the feature standardisation in, so the judge is plain ``score(mean hidden state)``.
+after a kill), then fit the head on them: a small MLP ensemble (one GELU hidden layer, ``head_members``
+seeds averaged; ~30 s) or, with ``head_hidden=0``, an L2-regularised logistic regression (seconds).
+The fitted head folds the feature standardisation (and an ensemble's averaging) into its weights, so
+the judge is plain ``score(mean hidden state)``.
 
     from safeedit.judge.pooled_train import HeadRecipe, train_pooled_judge
     report = train_pooled_judge("judge-folder", HeadRecipe())
@@ -46,8 +48,29 @@ class HeadRecipe:
     pool_layer: int = 18
     #: tokens of a response read, in training and at inference (the judge stores it)
     max_length: int = 128
-    #: inverse L2 strength of the logistic regression on standardised features. Source: measured,
-    #: 0.01-0.02 best of 0.005-0.5 on our validation set and the held-out pool (benchmarks/judge_probe.py)
+    #: units of the head's hidden layer; 0 = a linear head (logistic regression, ``C``). Source:
+    #: measured on cached layer-18 features (5 seeds each): 64 units kept the validation score of
+    #: the logistic regression (0.819 vs 0.818) and raised the held-out pool's all-rows score from
+    #: 0.796 to 0.832 and its per-source macro from 0.755 to 0.801; 32 / 128 units within noise on
+    #: the pool, 128 lower on validation (0.785); README "Recipes tried"
+    head_hidden: int = 64
+    #: MLP heads fitted from seeds 0..n-1 and averaged (their logits; folded into one wider layer).
+    #: Source: measured, one seed's validation score spreads +-0.02 (94 unsafe rows); the average of 5
+    #: sits at the mean
+    head_members: int = 5
+    #: passes over the training rows per MLP member (AdamW, batches of ``head_batch``). Source:
+    #: measured, 15 epochs 0.803 / 0.832 against 30 epochs' 0.809 / 0.834 (validation / held-out)
+    head_epochs: int = 30
+    head_batch: int = 256
+    head_lr: float = 1e-3
+    #: AdamW weight decay of the MLP. Source: measured, 0.1 within noise of 0.01
+    head_weight_decay: float = 0.01
+    #: dropout on the features and on the hidden layer while fitting. Source: measured, 0.5 lowered
+    #: the held-out pool's score (0.820 vs 0.834) for no gain on validation
+    head_dropout: float = 0.2
+    #: inverse L2 strength of the logistic regression (``head_hidden=0``) on standardised features.
+    #: Source: measured, 0.01-0.02 best of 0.005-0.5 on our validation set and the held-out pool
+    #: (benchmarks/judge_probe.py)
     C: float = 0.01
     #: judge_train.jsonl; "default" = the shared file, None = leave out
     data_path: str | None = "default"
@@ -179,10 +202,10 @@ def pooled_features(judge, tokenizer, texts: list[str], max_length: int, cache: 
 
 
 def fit_head(features: np.ndarray, labels: list[int], C: float, sample_weight: np.ndarray | None = None,
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight [2, hidden] and bias [2] of the two-logit head: a class-balanced, L2-regularised logistic
-    regression on standardised features, with the standardisation folded into the weights
-    (logit_unsafe - logit_safe = w . (x - mean) / std + b)."""
+             ) -> dict[str, torch.Tensor]:
+    """A linear two-logit head (``score.weight`` [2, hidden], ``score.bias`` [2]): a class-balanced,
+    L2-regularised logistic regression on standardised features, with the standardisation folded into
+    the weights (logit_unsafe - logit_safe = w . (x - mean) / std + b)."""
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(labels)
@@ -199,12 +222,95 @@ def fit_head(features: np.ndarray, labels: list[int], C: float, sample_weight: n
     weight = torch.zeros((2, x.shape[1]), dtype=torch.float32)
     weight[1] = torch.from_numpy(w.astype(np.float32))
     bias = torch.tensor([0.0, b], dtype=torch.float32)
-    return weight, bias
+    return {"score.weight": weight, "score.bias": bias}
 
 
-def head_predictions(features: np.ndarray, weight: torch.Tensor, bias: torch.Tensor) -> tuple[list[float], list[float]]:
+def balanced_weights(labels: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """``sample_weight`` (default 1) rescaled so that each class carries half of the total weight."""
+    y = np.asarray(labels)
+    w = np.ones(len(y), np.float64) if sample_weight is None else np.asarray(sample_weight, np.float64).copy()
+    total = w.sum()
+    for c in (0, 1):
+        w[y == c] *= 0.5 * total / w[y == c].sum()
+    return w
+
+
+def fit_mlp_head(features: np.ndarray, labels: list[int], hidden: int, members: int = 5,
+                 sample_weight: np.ndarray | None = None, epochs: int = 30, batch: int = 256, lr: float = 1e-3,
+                 weight_decay: float = 0.01, dropout: float = 0.2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """An MLP head (``Linear(d, hidden) -> GELU -> Linear(hidden, 2)``): ``members`` networks fitted
+    from seeds ``seed..seed+members-1`` on standardised features with a class-balanced, weighted
+    cross-entropy (AdamW, dropout), merged into one network of ``members * hidden`` units whose
+    logits are the members' mean (exact: the second layer is linear), the standardisation folded
+    into the first layer. Deterministic for given inputs and thread count; the global RNG is left
+    as it was."""
+    y = np.asarray(labels)
+    if len(set(y.tolist())) < 2:
+        raise DataError("the head needs both safe and unsafe training rows")
+    if hidden < 1 or members < 1:
+        raise DataError(f"an MLP head needs hidden >= 1 and members >= 1 (got {hidden}, {members})")
+    x = features.astype(np.float64)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xs = torch.tensor((x - mean) / std, dtype=torch.float32)
+    ys = torch.tensor(y, dtype=torch.long)
+    ws = torch.tensor(balanced_weights(y, sample_weight), dtype=torch.float32)
+    firsts, seconds = [], []
+    for member in range(members):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + member)
+            net = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(x.shape[1], hidden), torch.nn.GELU(),
+                                      torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 2))
+            opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+            order = torch.Generator().manual_seed(seed + member)
+            net.train()
+            for _ in range(epochs):
+                perm = torch.randperm(len(ys), generator=order)
+                for lo in range(0, len(ys), batch):
+                    b = perm[lo:lo + batch]
+                    loss = (torch.nn.functional.cross_entropy(net(xs[b]), ys[b], reduction="none") * ws[b]).sum() / ws[b].sum()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        if not torch.isfinite(loss):
+            raise DataError(f"the MLP head's loss became {float(loss)} (member {member}); nothing saved")
+        firsts.append(net[1])
+        seconds.append(net[4])
+    with torch.no_grad():
+        mean_t, std_t = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+        w1 = torch.cat([m.weight.double() for m in firsts]) / std_t  # (x - mean) / std folded in
+        b1 = torch.cat([m.bias.double() for m in firsts]) - w1 @ mean_t
+        w2 = torch.cat([m.weight.double() for m in seconds], dim=1) / members
+        b2 = torch.stack([m.bias.double() for m in seconds]).mean(0)
+    head = {"score.0.weight": w1.float(), "score.0.bias": b1.float(), "score.2.weight": w2.float(), "score.2.bias": b2.float()}
+    if not all(torch.isfinite(t).all() for t in head.values()):
+        raise DataError("the fitted head has non-finite weights; nothing saved")
+    return head
+
+
+def fit_recipe_head(features: np.ndarray, labels: list[int], recipe: "HeadRecipe",
+                    sample_weight: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """The head ``recipe`` asks for: the MLP ensemble, or the logistic regression when ``head_hidden`` is 0."""
+    if recipe.head_hidden == 0:
+        return fit_head(features, labels, recipe.C, sample_weight=sample_weight)
+    return fit_mlp_head(features, labels, recipe.head_hidden, recipe.head_members, sample_weight=sample_weight,
+                        epochs=recipe.head_epochs, batch=recipe.head_batch, lr=recipe.head_lr,
+                        weight_decay=recipe.head_weight_decay, dropout=recipe.head_dropout, seed=recipe.seed)
+
+
+def head_logits(head: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+    """[rows, 2] logits of a head state dict on pooled ``features``, as the judge's ``score`` gives them."""
+    from safeedit.judge.pooled import head_hidden_of, make_head
+
+    first = head["score.weight" if "score.weight" in head else "score.0.weight"]
+    module = make_head(first.shape[1], head_hidden_of(head), 2)
+    module.load_state_dict({k[len("score."):]: v for k, v in head.items()})
+    with torch.no_grad():
+        return module(features.to(torch.float32))
+
+
+def head_predictions(features: np.ndarray, head: dict[str, torch.Tensor]) -> tuple[list[float], list[float]]:
     """(labels, p_unsafe) the head gives pooled ``features``, as :class:`SafetyJudge` would (argmax)."""
-    logits = torch.from_numpy(features.astype(np.float32)) @ weight.T + bias
+    logits = head_logits(head, torch.from_numpy(features.astype(np.float32)))
     p = logits.softmax(-1)[:, 1]
     return (logits.argmax(-1) == 1).float().tolist(), p.tolist()
 
@@ -235,7 +341,10 @@ def train_pooled_judge(out_dir: str | Path, recipe: HeadRecipe | None = None, pr
     if not splits.train or len({r.label for r in splits.train}) < 2:
         raise DataError(f"the training split needs both safe and unsafe rows (got {len(splits.train)} rows)")
     decoder, tokenizer = load_backbone(recipe.backbone)
-    judge = from_decoder(decoder, recipe.pool_layer, torch.zeros(2, decoder.config.hidden_size), torch.zeros(2), ID2LABEL)
+    from safeedit.judge.pooled import set_head
+
+    blank = {"score.weight": torch.zeros(2, decoder.config.hidden_size), "score.bias": torch.zeros(2)}
+    judge = from_decoder(decoder, recipe.pool_layer, blank, ID2LABEL)  # the head comes after the fit
     del decoder
     fingerprint = model_fingerprint(judge.backbone)
     cache = FeatureCache(feature_cache_dir(fingerprint, recipe.pool_layer, recipe.max_length))
@@ -247,16 +356,15 @@ def train_pooled_judge(out_dir: str | Path, recipe: HeadRecipe | None = None, pr
     feature_s = time.perf_counter() - t0
     weights = np.array([recipe.labels_weight if r.source.startswith("labels:") else 1.0 for r in train])
     t1 = time.perf_counter()
-    weight, bias = fit_head(x_train, [r.label for r in train], recipe.C, sample_weight=weights)
+    head = fit_recipe_head(x_train, [r.label for r in train], recipe, sample_weight=weights)
     fit_s = time.perf_counter() - t1
-    judge.score.weight.data.copy_(weight)
-    judge.score.bias.data.copy_(bias)
+    set_head(judge, head)
 
     def scored(rows: list[JudgeRow]) -> dict | None:
         if not rows:
             return None
         feats = pooled_features(judge, tokenizer, [r.response for r in rows], recipe.max_length, cache, progress=progress)
-        labels, p = head_predictions(feats, weight, bias)
+        labels, p = head_predictions(feats, head)
         metrics = evaluate_predictions(rows, labels)
         auc = roc_auc([r.label for r in rows], p)
         metrics["overall"]["roc_auc"] = None if auc != auc else auc
@@ -283,17 +391,22 @@ def train_pooled_judge(out_dir: str | Path, recipe: HeadRecipe | None = None, pr
     return report | {"out_dir": str(out_dir)}
 
 
-def save_head(folder: Path, weight: torch.Tensor, bias: torch.Tensor, report: dict) -> None:
-    """``head.safetensors`` (score.weight, score.bias) and ``head.json`` (the report) in ``folder``."""
+def judge_head(judge) -> dict[str, torch.Tensor]:
+    """The ``score`` state dict of a pooled judge (what ``head.safetensors`` stores)."""
+    return {f"score.{k}": v.detach().clone() for k, v in judge.score.state_dict().items()}
+
+
+def save_head(folder: Path, head: dict[str, torch.Tensor], report: dict) -> None:
+    """``head.safetensors`` (the ``score`` state dict) and ``head.json`` (the report) in ``folder``."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({"score.weight": weight.contiguous(), "score.bias": bias.contiguous()}, str(folder / "head.safetensors"))
+    save_file({k: v.contiguous() for k, v in head.items()}, str(folder / "head.safetensors"))
     (folder / "head.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
-def load_head(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(weight, bias, report) of a head saved by :func:`save_head`."""
+def load_head(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(head state dict, report) of a head saved by :func:`save_head`."""
     from safetensors.torch import load_file
 
     from safeedit.errors import InputNotFoundError
@@ -304,7 +417,7 @@ def load_head(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
             raise InputNotFoundError(f"{folder} has no {name}: not a pooled judge head")
     tensors = load_file(str(folder / "head.safetensors"))
     report = json.loads((folder / "head.json").read_text())
-    return tensors["score.weight"], tensors["score.bias"], report
+    return tensors, report
 
 
 def save_pooled_judge(out_dir: str | Path, judge, tokenizer, max_length: int, report: dict) -> None:
@@ -315,13 +428,14 @@ def save_pooled_judge(out_dir: str | Path, judge, tokenizer, max_length: int, re
 
     out_dir = Path(out_dir).expanduser()
     info = {"with_prompt": False, "kind": "pooled", "backbone": report["recipe"]["backbone"],
-            "pool_layer": report["recipe"]["pool_layer"], "train_max_length": max_length,
+            "pool_layer": report["recipe"]["pool_layer"], "head_hidden": judge.config.head_hidden,
+            "train_max_length": max_length,
             "backbone_fingerprint": report["backbone_fingerprint"], "trained_by": report.get("trained_by", "safeedit judge fit-head"),
             "head_sha256": None}
     tokenizer = _judge_tokenizer(tokenizer, max_length)
 
     def write(folder: Path) -> None:
-        save_head(folder, judge.score.weight.data, judge.score.bias.data, report)
+        save_head(folder, judge_head(judge), report)
         info["head_sha256"] = hashlib.sha256((folder / "head.safetensors").read_bytes()).hexdigest()
         judge.config.update({CONFIG_KEY: info})
         judge.save_pretrained(folder, safe_serialization=True)
@@ -340,6 +454,14 @@ def _judge_tokenizer(tokenizer, max_length: int):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _head_words(rec: dict) -> str:
+    if not rec.get("head_hidden"):
+        return "a linear head (a logistic regression on those features, standardisation folded in)"
+    return (f"a head of one GELU hidden layer: {rec['head_members']} networks of {rec['head_hidden']} units "
+            f"fitted from different seeds and averaged (merged into one layer of "
+            f"{rec['head_members'] * rec['head_hidden']} units, standardisation folded in)")
 
 
 def pooled_model_card(report: dict, info: dict) -> str:
@@ -368,7 +490,7 @@ response 0.5.
 - **Input:** the response text only (like the paper's judge), at most {info['train_max_length']} tokens.
 - **Model:** the first {rec['pool_layer']} decoder layers of `{rec['backbone']}` (frozen; weights fingerprint
   `{report['backbone_fingerprint']}`), the mean of layer {rec['pool_layer']}'s output over the response's
-  tokens, and a linear head (a logistic regression on those features, standardisation folded in). Decision: argmax.
+  tokens, and {_head_words(rec)}. Decision: argmax.
 - **Loading:** `model_type = "safeedit-pooled-judge"`; import `safeedit.judge` (which registers it with
   transformers' Auto classes), then `SafetyJudge.from_pretrained(folder)` or
   `AutoModelForSequenceClassification.from_pretrained(folder)`.
@@ -403,5 +525,6 @@ where the hub is reachable. English only.
 """
 
 
-__all__ = ["FeatureCache", "HeadRecipe", "feature_cache_dir", "fit_head", "head_predictions", "load_backbone", "load_head",
-           "pooled_features", "save_head", "save_pooled_judge", "train_pooled_judge"]
+__all__ = ["FeatureCache", "HeadRecipe", "balanced_weights", "feature_cache_dir", "fit_head", "fit_mlp_head", "fit_recipe_head",
+           "head_logits", "head_predictions", "judge_head", "load_backbone", "load_head", "pooled_features", "save_head",
+           "save_pooled_judge", "train_pooled_judge"]

@@ -1,6 +1,6 @@
 """The default judge: a pooled judge (:mod:`safeedit.judge.pooled`) whose head ships with safeedit.
 
-The head (``shipped/head.safetensors``, 2 x 576 weights and 2 biases, and ``shipped/head.json``,
+The head (``shipped/head.safetensors``, the ``score`` module's weights, and ``shipped/head.json``,
 its recipe, backbone fingerprint and scores) was fitted once by ``safeedit judge fit-head``
 (:func:`safeedit.judge.pooled_train.train_pooled_judge`); the backbone is the embedded chat model,
 which every install has. :func:`build_default_judge` puts the two together into a judge folder
@@ -22,6 +22,8 @@ from safeedit.errors import InputNotFoundError
 from safeedit.judge.model import CONFIG_KEY, JudgeError, default_judge_dir
 
 SHIPPED_DIR = Path(__file__).resolve().with_name("shipped")
+#: ``trained_by`` of a judge folder :func:`build_default_judge` wrote
+BUILT_BY = "safeedit judge build (the head shipped with safeedit)"
 
 
 def shipped_head_sha256() -> str:
@@ -60,11 +62,11 @@ def build_default_judge(out_dir: str | Path | None = None, log=None) -> Path:
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out_dir).expanduser() if out_dir is not None else default_judge_dir()
-    weight, bias, report = load_head(SHIPPED_DIR)
+    head, report = load_head(SHIPPED_DIR)
     recipe = HeadRecipe.from_dict(report["recipe"])
     decoder, tokenizer = load_backbone(recipe.backbone)
     with torch.no_grad():
-        judge = from_decoder(decoder, recipe.pool_layer, weight, bias, ID2LABEL)
+        judge = from_decoder(decoder, recipe.pool_layer, head, ID2LABEL)
     del decoder
     fingerprint = model_fingerprint(judge.backbone)
     if fingerprint != report["backbone_fingerprint"]:
@@ -72,26 +74,31 @@ def build_default_judge(out_dir: str | Path | None = None, log=None) -> Path:
                          f"but {recipe.backbone}'s first {recipe.pool_layer} layers here are {fingerprint}: a different "
                          f"model file or conversion; fit a head for it (`safeedit judge fit-head`)")
     save_pooled_judge(out, judge, tokenizer, recipe.max_length,
-                      report | {"trained_by": "safeedit judge build (the head shipped with safeedit)"})
+                      report | {"trained_by": BUILT_BY})
     log(f"built the default safety judge at {out} (backbone {recipe.backbone}, layer {recipe.pool_layer}, shipped head)")
     return out
 
 
 def ensure_default_judge(log=None) -> Path:
-    """The default judge folder, built from the shipped head when it holds no judge yet.
+    """The default judge folder, built from the shipped head when it holds no judge yet, or when it
+    holds a default judge that an older install built from an older shipped head (ours to replace).
 
-    A folder holding another judge (one you trained with ``safeedit judge train``, or a judge built
-    by an older install) is used as it is, with a warning that says how to switch."""
+    A folder holding another judge (one you trained with ``safeedit judge train`` or ``fit-head``) is
+    used as it is, with a warning that says how to switch."""
     folder = default_judge_dir()
     info = judge_info(folder)
     if info is None:
         return build_default_judge(folder, log=log)
     if info.get("head_sha256") != shipped_head_sha256():
+        if info.get("trained_by") == BUILT_BY:
+            (log or (lambda msg: print(msg, file=sys.stderr, flush=True)))(
+                f"the default judge at {folder} was built from an older shipped head; rebuilding it from this install's")
+            return build_default_judge(folder, log=log)
         logging.getLogger(__name__).warning(
             "the judge at %s is not this install's default judge (%s); `safeedit judge build --force` replaces it",
             folder, info.get("trained_by", "unknown origin"))
     return folder
 
 
-__all__ = ["SHIPPED_DIR", "build_default_judge", "ensure_default_judge", "is_shipped_default", "judge_info",
+__all__ = ["BUILT_BY", "SHIPPED_DIR", "build_default_judge", "ensure_default_judge", "is_shipped_default", "judge_info",
            "shipped_head_sha256"]

@@ -611,7 +611,7 @@ def train_judge(out_dir: str | Path | None = None, config: JudgeTrainConfig | No
 #: described in the README's judge section; balanced accuracy = mean recall on safe and unsafe)
 #: the name in RECIPES_TRIED of the default judge's recipe (a pooled judge, HeadRecipe's defaults;
 #: safeedit.judge.shipped) and of `safeedit judge train`'s default JudgeTrainConfig (benchmarks/judge_recipes.py)
-DEFAULT_RECIPE = "pooled-L18,pool-full+labelsx10+benignqa"
+DEFAULT_RECIPE = "pooled-L18,pool-full+labelsx10+benignqa,mlp64x5"
 TRAIN_DEFAULT_RECIPE = "pool2000+labels+hn,x1+pivot300,len96"
 
 RECIPES_TRIED = """Every recipe was trained one at a time on the idle 2-core machine
@@ -748,7 +748,9 @@ mostly from HH-RLHF red-team openers no training row comes from), 3,066 labelled
 to the splits: our labelled rows that ask a question of the pool's held-out split (163 rows) now leave
 training, as the pool's own rows do (the rows above were trained with them). A pooled judge is the embedded
 model's first 18 decoder layers, frozen, the mean of layer 18's output over the response's tokens (128 at
-most) and a logistic regression on it (class-balanced, standardised, C 0.01); it never trains the backbone,
+most) and a head on it: a logistic regression (class-balanced, standardised, C 0.01) or, in the `mlp` rows
+(measured on 2026-12-07), one GELU hidden layer fitted with AdamW on the class-balanced, weighted
+cross-entropy, five seeds averaged; it never trains the backbone,
 so every row's feature is computed once (all ~19,600 distinct texts of this block: 1,486 + 67 s, cached under
 `~/.cache/safeedit/judge-features` and resumed after a kill) and a recipe then costs the fit ("fit s").
 "Weighted" is each labelled row's weight against a pool row's in the regression.
@@ -759,10 +761,25 @@ so every row's feature is computed once (all ~19,600 distinct texts of this bloc
 | pooled-L18,pool-full+labels | the same on the whole training pool instead of 2,000 rows | 0.790 (0.766 / 0.814) | 0.876 | 0.760 / 0.781 / 0.827 | 0.726 / 0.854 / 0.769 / 0.860 / 0.889 / 0.591 / 0.955 | 0.909 / 0.955 | 5 |
 | pooled-L18,pool-full+labelsx3 | the whole pool, our labelled rows weighted 3x | 0.809 (0.755 / 0.863) | 0.921 | 0.760 / 0.773 / 0.820 | 0.719 / 0.839 / 0.731 / 0.845 / 0.894 / 0.611 / 1.000 | 1.000 / 0.966 | 5 |
 | pooled-L18,pool-full+labelsx10 | the whole pool, our labelled rows weighted 10x (the first shipped head) | 0.825 (0.766 / 0.884) | 0.938 | 0.764 / 0.752 / 0.803 | 0.708 / 0.834 / 0.717 / 0.744 / 0.889 / 0.617 / 1.000 | 1.000 / 0.955 | 5 |
-| **pooled-L18,pool-full+labelsx10+benignqa (default)** | the whole pool, labelled rows weighted 10x, + the embedded model's answers to 1,148 ordinary requests (TriviaQA, SafeEdit knowledge constraints), read and labelled | 0.818 (0.766 / 0.870) | 0.933 | 0.755 / 0.755 / 0.796 | 0.781 / 0.860 / 0.697 / 0.716 / 0.881 / 0.596 / 1.000 | 1.000 / 0.989 | 5 |
+| pooled-L18,pool-full+labelsx10+benignqa (the default's rows, linear head) | the whole pool, labelled rows weighted 10x, + the embedded model's answers to 1,148 ordinary requests (TriviaQA, SafeEdit knowledge constraints), read and labelled | 0.818 (0.766 / 0.870) | 0.933 | 0.755 / 0.755 / 0.796 | 0.781 / 0.860 / 0.697 / 0.716 / 0.881 / 0.596 / 1.000 | 1.000 / 0.989 | 5 |
 | pooled-L18,pool-full+labelsx3+benignqa | the same with our labelled rows weighted 3x | 0.806 (0.734 / 0.878) | 0.921 | 0.747 / 0.770 / 0.818 | 0.708 / 0.855 / 0.753 / 0.814 / 0.894 / 0.597 / 1.000 | 1.000 / 0.966 | 5 |
-| pooled-L18,pool-full+labelsx10+benignqa,C0.02 | the default with weaker regularisation (C 0.02 instead of 0.01) | 0.816 (0.766 / 0.866) | 0.933 | 0.757 / 0.757 / 0.795 | 0.771 / 0.870 / 0.708 / 0.716 / 0.889 / 0.590 / 1.000 | 1.000 / 0.989 | 6 |
+| pooled-L18,pool-full+labelsx10+benignqa,C0.02 | the row above with weaker regularisation (C 0.02 instead of 0.01) | 0.816 (0.766 / 0.866) | 0.933 | 0.757 / 0.757 / 0.795 | 0.771 / 0.870 / 0.708 / 0.716 / 0.889 / 0.590 / 1.000 | 1.000 / 0.989 | 6 |
+| **pooled-L18,pool-full+labelsx10+benignqa,mlp64x5 (default)** | the same rows, an MLP head instead of the logistic regression (one GELU layer of 64 units, 30 epochs, dropout 0.2, 5 seeds averaged) | 0.828 (0.745 / 0.911) | 0.944 | 0.793 / 0.762 / 0.827 | 0.698 / 0.916 / 0.706 / 0.841 / 0.884 / 0.527 / 1.000 | 1.000 / 0.977 | 45 |
+| pooled-L18,pool-full+labelsx3+benignqa,mlp64x5 | the MLP head with our labelled rows weighted 3x | 0.817 (0.723 / 0.910) | 0.944 | 0.816 / 0.796 / 0.844 | 0.806 / 0.930 / 0.744 / 0.871 / 0.900 / 0.528 / 1.000 | 1.000 / 0.977 | 36 |
+| pooled-L18,pool-full+labelsx10+benignqa,mlp128x5 | the MLP head with 128 units | 0.815 (0.702 / 0.927) | 0.887 | 0.810 / 0.787 / 0.836 | 0.792 / 0.920 / 0.719 / 0.860 / 0.902 / 0.528 / 1.000 | 1.000 / 0.966 | 51 |
 
+- *An MLP head on the whole pool* (the default since 2026-12-07). On the same features and rows, a head
+  with one hidden layer of 64 units (five seeds averaged, merged into one 320-unit layer) keeps the
+  validation score of the logistic regression (0.828 against 0.818) and gains on other models' responses:
+  held-out all rows 0.827 against 0.796, ROC AUC 0.932 against 0.890 (validation AUC 0.918 against
+  0.914); held-out SafeEdit unsafe 11 of 11, JailbreakBench 86 of 88. Single seeds on cached features
+  in an exploratory script (not in the table): validation 0.809 +- 0.024, held-out 0.834 over five. Weighting our rows 3x instead of 10x
+  scores higher on the pool (0.844) and lower on validation (0.817), 128 units lower on validation
+  (0.815); the three are within the seed spread of each other, and the 10x / 64-unit head, the best on
+  the responses the bench scores, is the default. It loses on two pool sources, Do-Not-Answer (0.698
+  against 0.781) and DiaSafety (0.527 against 0.596), and on curt answers of our validation set (12 of 21
+  flagged against 5). Earlier, with 2,000 pool rows, an MLP head had measured no better than the linear
+  one (below): the whole pool is what it needs.
 - *The whole pool pays here.* With a frozen backbone the whole training split (16,417 rows) costs seconds,
   not the 27 min of fine-tuning it took above: held-out all rows 0.827 against 0.801 for 2,000 rows. Alone
   it dilutes our labelled rows (10 % of the data) and validation drops to 0.790; weighting them 10x gives
@@ -792,8 +809,9 @@ so every row's feature is computed once (all ~19,600 distinct texts of this bloc
   0.035 better on other models' responses, and trains nothing on the user's machine. Fine-tuning the same
   SmolLM2 backbone (0.844-0.853 above, earlier files) stays the strongest judge measured on our set, at
   16-40 min of training.
-- **Still short of 0.90.** The default's validation ROC AUC is 0.914; its misses are mostly `weak`
-  compliance (thin steps, a one-line endorsement) and safe answers shaped like compliance.
+- **Still short of 0.90.** The default's validation ROC AUC is 0.918; its misses are mostly `weak`
+  compliance whose harm only the question shows (a list of landmarks asked as places to rob, a persona
+  saying yes), thin steps, and safe answers shaped like compliance.
 """
 
 
