@@ -319,3 +319,39 @@ def test_a_chunked_group_edit_holds_one_chunks_reference_at_a_time(monkeypatch):
     alive.clear()
     DINM(suffix=None, lr=1e-2, steps=2, layer=2).group_edit(tiny_model("llama"), tok, insts, loss_rows=4)
     assert max(alive) == 2  # one chunk: the whole group
+
+
+@pytest.mark.parametrize("group_size", [1, 2])
+def test_bench_judges_a_groups_responses_in_one_call_with_the_verdicts_of_single_calls(tiny_setup, monkeypatch, group_size):  # noqa: F811
+    """Every response of a group (pre- and post-edit, all inputs) goes to the judge in one call, one
+    call per instance on the one-at-a-time path, and each verdict is the one a call on that response
+    alone gives."""
+    from safeedit.cli import main
+    from safeedit.judge import SafetyJudge
+
+    calls = []
+    original = SafetyJudge.__call__
+
+    def counting(self, responses, *args, **kwargs):
+        calls.append(list(responses))
+        return original(self, responses, *args, **kwargs)
+
+    monkeypatch.setattr(SafetyJudge, "__call__", counting)
+    out = tiny_setup["tmp"] / f"judged{group_size}"
+    extra = ["--kqa-n", "0", "--csum-n", "0", "--set", "layer=2", "--limit", "4", "--group-size", str(group_size)]
+    assert main(bench_args(tiny_setup, out, extra=extra)) == 0  # one layer for all: groups of group_size
+    rows = _rows(out)
+    assert len(calls) == 4 // group_size
+    for row, call in zip(rows[::group_size], calls):
+        group = rows[rows.index(row):rows.index(row) + group_size]
+        texts = {v["response"] for r in group for side in ("pre", "post")
+                 for k, v in r[side].items() if k != "_fluency"}
+        assert set(call) == {t for t in texts if t.strip()} and len(call) == len(set(call))
+    judge = SafetyJudge.from_pretrained(tiny_setup["judge"])
+    for row in rows:
+        for side in ("pre", "post"):
+            for k, v in row[side].items():
+                if k != "_fluency" and v["response"].strip():
+                    alone = original(judge, [v["response"]])
+                    assert v["label"] == alone.labels[0], (row["key"], side, k)
+                    assert v["unsafe_prob"] == pytest.approx(alone.unsafe_prob[0], abs=1e-5), (row["key"], side, k)

@@ -392,20 +392,33 @@ class BenchRun:
             for prompt, response in zip(part, generate(model, tok, part, **gen)):
                 cache.add(prompt, response)
 
+    def _judge_new(self, judge, blocks: list[tuple[dict[str, str], dict[str, str]]]) -> None:
+        """Judge, in one call, every response of ``blocks`` ((prompts, responses) by input name) not
+        judged before in this run. A verdict depends on the text the judge reads only, so a response
+        judged before (every pre-edit answer is judged again for each instance that asks its prompt,
+        and many post-edit answers repeat) is not judged again; and one call over a group's responses
+        batches them by length, where a call per block of 5 pays for short batches (about 1.5x the
+        judge's time on the sample)."""
+        memo = self._verdicts
+        new: dict[tuple, tuple[str, str]] = {}  # one per distinct text the judge reads
+        for prompts, responses in blocks:
+            for k, text in responses.items():
+                read = (prompts[k] if judge.with_prompt else None, text)
+                if read not in memo:
+                    new.setdefault(read, (prompts[k], text))
+        if new:
+            items = list(new.values())
+            verdict = judge([t for _, t in items], prompts=[p for p, _ in items] if judge.with_prompt else None)
+            for i, read in enumerate(new):
+                memo[read] = (verdict.labels[i], verdict.unsafe_prob[i])
+
     def _judge_block(self, judge, prompts: dict[str, str], responses: dict[str, str]) -> dict[str, dict]:
         from safeedit.metrics import degenerate_reason, fluency
 
         keys = list(responses)
-        # a verdict depends on the text the judge reads only, so a response judged before in this run
-        # (every pre-edit answer is judged again for each instance that asks its prompt, and many
-        # post-edit answers repeat) is not judged again
+        self._judge_new(judge, [(prompts, responses)])  # nothing left to judge when the caller batched
         memo = self._verdicts
         read = {k: (prompts[k] if judge.with_prompt else None, responses[k]) for k in keys}
-        new = list({read[k]: k for k in keys if read[k] not in memo}.values())  # one per distinct text
-        if new:
-            verdict = judge([responses[k] for k in new], prompts=[prompts[k] for k in new] if judge.with_prompt else None)
-            for i, k in enumerate(new):
-                memo[read[k]] = (verdict.labels[i], verdict.unsafe_prob[i])
         block = {}
         for k in keys:
             label, prob = memo[read[k]]
@@ -414,9 +427,13 @@ class BenchRun:
         block["_fluency"] = fluency([responses[k] for k in keys])
         return block
 
-    def _row(self, inst, judge, inputs, pre) -> dict[str, Any]:
+    @staticmethod
+    def _check_pre(inst, pre: dict[str, str | None]) -> None:
         if any(v is None for v in pre.values()):
             raise BenchError(f"pre-edit generation missing for {inst.key}")
+
+    def _row(self, inst, judge, inputs, pre) -> dict[str, Any]:
+        self._check_pre(inst, pre)
         row = {"key": inst.key, "position": inst.position, "id": inst.id, "category": inst.category,
                "attack_name": inst.attack_name, "method": self.config.method}
         row["pre"] = self._judge_block(judge, inputs, pre)
@@ -488,14 +505,18 @@ class BenchRun:
             pre_s = time.perf_counter() - t1
             texts = generate(model, tok, prompts, **gen, row_context=lambda idx: group.rows([owners[i] for i in idx]))
         t2 = time.perf_counter()
-        rows = [self._row(inst, judge, inp, dict(zip(inp, cache.lookup(inp.values())))) for inst, inp in zip(insts, inputs)]
+        pres = [dict(zip(inp, cache.lookup(inp.values()))) for inp in inputs]
+        posts, start = [], 0
+        for inp in inputs:
+            posts.append(dict(zip(inp, texts[start:start + len(inp)])))
+            start += len(inp)
+        if all(v is not None for pre in pres for v in pre.values()):  # else _row says which is missing
+            self._judge_new(judge, [(inp, pre) for inp, pre in zip(inputs, pres)] + list(zip(inputs, posts)))
+        rows = [self._row(inst, judge, inp, pre) for inst, inp, pre in zip(insts, inputs, pres)]
         if model_fingerprint(model) != fingerprint:  # a grouped edit never writes the model's tensors
             raise BenchError(f"model differs from the unedited one after the group {[i.key for i in insts]}")
-        start = 0
         n = len(insts)
-        for k, (row, inp) in enumerate(zip(rows, inputs)):
-            post = dict(zip(inp, texts[start:start + len(inp)]))
-            start += len(inp)
+        for k, (row, inp, post) in enumerate(zip(rows, inputs, posts)):
             row["post"] = self._judge_block(judge, inp, post)
             row["edit"] = group.instances[k].as_dict()
             # pre_generate_s: pre-edit answers made in this group (0 when the cache had them);
@@ -544,7 +565,8 @@ class BenchRun:
         inputs = inst.eval_inputs()
         self._generate_missing(model, tok, list(inputs.values()), cache, gen, "pre-edit generations")
         t0 = time.perf_counter()  # as before prefix reuse: pre-edit answers are not part of the times
-        row = self._row(inst, judge, inputs, dict(zip(inputs, cache.lookup(inputs.values()))))
+        pre = dict(zip(inputs, cache.lookup(inputs.values())))
+        self._check_pre(inst, pre)  # before the edit: a missing answer stops the run early
         t1 = time.perf_counter()
         edit = method.edit(model, tok, [inst], chat=gen["chat"])
         t2 = time.perf_counter()
@@ -558,6 +580,8 @@ class BenchRun:
         t3 = time.perf_counter()
         if model_fingerprint(model) != fingerprint:
             raise BenchError(f"model differs from the unedited one after restoring {inst.key}")
+        self._judge_new(judge, [(inputs, pre), (inputs, post)])  # one judge call for both sides
+        row = self._row(inst, judge, inputs, pre)
         row["post"] = self._judge_block(judge, inputs, post)
         row["edit"] = edit.instances[0].as_dict()
         row["times"] = {"edit_s": t2 - t1, "post_generate_s": t3 - t2, "total_s": time.perf_counter() - t0}
@@ -583,6 +607,14 @@ class BenchRun:
             self._generate_missing(model, tok, [method.eval_prompt(p) for i in chunk for p in i.eval_inputs().values()],
                                    post_cache, gen, "post-method generations")
             seconds = (time.perf_counter() - t0) / len(chunk)
+            blocks = []
+            for inst in chunk:  # the chunk's responses, both sides, judged in one call
+                inputs = inst.eval_inputs()
+                for side_cache, wrap in ((pre_cache, lambda p: p), (post_cache, method.eval_prompt)):
+                    found = dict(zip(inputs, side_cache.lookup([wrap(p) for p in inputs.values()])))
+                    if all(v is not None for v in found.values()):
+                        blocks.append((inputs, found))
+            self._judge_new(judge, blocks)
             for inst in chunk:
                 inputs = inst.eval_inputs()
                 row = self._row(inst, judge, inputs, dict(zip(inputs, pre_cache.lookup(inputs.values()))))
