@@ -1,7 +1,8 @@
 """Batched generation with left padding and a KV cache.
 
 Each prompt is tokenized once. Prompts are grouped by length so batches carry little padding,
-then answers are put back in the caller's order. Prompts longer than the model's window minus
+then answers are put back in the caller's order; the prefill skips what padding is left
+(:mod:`safeedit.lm.ragged`). Prompts longer than the model's window minus
 ``max_new_tokens`` are cut from the left, because SafeEdit inputs end with the harmful question;
 every cut is reported (a warning, and ``GenerationStats.truncated`` when asked for).
 """
@@ -21,6 +22,7 @@ from safeedit.errors import ConfigError
 from safeedit.lm.chat import adds_special_tokens, format_prompt, use_chat_template
 from safeedit.lm.forward_args import cache_arg
 from safeedit.lm.kv_cache import reserved_cache
+from safeedit.lm.ragged import ragged_prefill, supports_row_windows
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +205,14 @@ def generate(
         for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
             input_ids, attention = left_pad([encoded[i] for i in batch], pad_id, device)
             cache = reserved_cache(model, input_ids.shape[1] + max_new_tokens)
-            # chunked prefill needs a cache object; transformers' own otherwise
-            config.prefill_chunk_size = prefill_chunk(len(batch)) if cache is not None else None
+            if supports_row_windows(cache) and input_ids.shape[1] > 1:
+                # all but the last column, skipping padding (safeedit.lm.ragged); generate feeds the last
+                rows = (lambda rows, batch=batch: row_context([batch[r] for r in rows])) if row_context else None
+                ragged_prefill(model, input_ids, attention, cache, stop=input_ids.shape[1] - 1,
+                               tokens=PREFILL_TOKENS, rows_context=rows)
+                config.prefill_chunk_size = None
+            else:  # chunked prefill needs a cache object; transformers' own otherwise
+                config.prefill_chunk_size = prefill_chunk(len(batch)) if cache is not None else None
             with row_context(batch) if row_context is not None else nullcontext():
                 output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
                                         **({} if cache is None else {cache_arg(model): cache}))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from typing import Callable, ContextManager
 
 import torch
@@ -43,12 +44,13 @@ from safeedit.lm.generation import (
     encode_for_generation,
     generate,
     generation_config,
-    prefill_chunk,
     token_budget_batches,
 )
+import safeedit.lm.generation as _generation
 from safeedit.lm.heap import release_free_memory
 from safeedit.lm.kv_cache import reserved_cache
 from safeedit.lm.layer_bypass import layer_returns_tuple, run_from_layer
+from safeedit.lm.ragged import ragged_prefill
 
 
 def supports_prefix_reuse(model) -> bool:
@@ -60,11 +62,6 @@ def supports_prefix_reuse(model) -> bool:
     except Exception:  # noqa: BLE001 - a config the cache cannot read: no reuse, plain path
         return False
     return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
-
-
-def _positions(attention: torch.Tensor) -> torch.Tensor:
-    # as transformers' generate derives them: a token's position counts only real tokens before it
-    return (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
 
 
 def _encode(model, tokenizer, prompts, chat, max_new_tokens, stats):
@@ -139,10 +136,11 @@ def generate_before_and_after(model, tokenizer, pre_prompts: list[str], post_pro
     returns_tuple = _probe_tuple(model, layers)  # outside any edit: a one-row probe
     with torch.inference_mode():
         for members in token_budget_batches(width, batch_tokens, extra=max_new_tokens):
-            batch = [rows[j] for j in members]
+            # fewest shared tokens first: left padded, the rows a prefill chunk runs are then a suffix
+            batch = sorted((rows[j] for j in members), key=lambda i: shared[i])
             pre_out, post_out = _before_and_after(model, tokenizer, layers, layer, [pre_ids[i] for i in batch],
                                                   [post_ids[i] for i in batch], [shared[i] for i in batch],
-                                                  lambda batch=batch: edited(batch), returns_tuple,
+                                                  lambda idx, batch=batch: edited([batch[j] for j in idx]), returns_tuple,
                                                   max_new_tokens, stats)
             for i, a, b in zip(batch, pre_out, post_out):
                 pre_answers[i], post_answers[i] = a, b
@@ -177,27 +175,25 @@ def _before_and_after(model, tokenizer, layers, layer, pre_ids, post_ids, shared
         stats.reused_tokens += sum(shared)
     release_free_memory()  # the previous batch's cache and activations, before this batch's cache
     cache = reserved_cache(model, max(pre.shape[1], post.shape[1]) + max_new_tokens)
-    step = prefill_chunk(len(pre_ids))
+    rows = len(pre_ids)
     kept: list[torch.Tensor] = []  # layer ``layer``'s input over the shared columns, chunk by chunk
-    span = {}
 
-    def grab(_module, args, kwargs):
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        lo, hi = span["lo"], min(span["hi"], cut)
-        if lo < hi:
-            kept.append(hidden[:, :hi - lo])
+    @contextmanager
+    def keeping(lo, hi, k):
+        # the chunk runs rows k.. (safeedit.lm.ragged); the rows before it are padding there: zeros
+        def grab(_module, args, kwargs):
+            shown = kwargs.get("hidden_states", args[0] if args else None)[:, :max(0, min(hi, cut) - lo)]
+            if shown.shape[1]:
+                kept.append(torch.cat([shown.new_zeros((k, *shown.shape[1:])), shown]) if k else shown)
 
-    # 1. the unedited prefill of all but the last pre-edit column, in chunks; then the pre-edit answers
-    positions = _positions(pre_mask)
-    handle = layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for lo in range(0, pre.shape[1] - 1, step):
-            span["lo"], span["hi"] = lo, min(pre.shape[1] - 1, lo + step)
-            model(input_ids=pre[:, lo:span["hi"]], attention_mask=pre_mask[:, :span["hi"]],
-                  position_ids=positions[:, lo:span["hi"]], use_cache=True, **keep_last_logits(model),
-                  **{cache_arg(model): cache})
-    finally:
-        handle.remove()
+        handle = layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    # 1. the unedited prefill of all but the last pre-edit column, skipping padding; then the pre-edit answers
+    ragged_prefill(model, pre, pre_mask, cache, stop=pre.shape[1] - 1, tokens=_generation.PREFILL_TOKENS, before_chunk=keeping)
     hidden = torch.cat(kept, dim=1)
     kept.clear()
     output = model.generate(input_ids=pre, attention_mask=pre_mask, generation_config=config,
@@ -218,15 +214,11 @@ def _before_and_after(model, tokenizer, layers, layer, pre_ids, post_ids, shared
     # recomputed length here
     upper = copy.copy(cache)
     upper.layers = [cache.layers[layer]] * layer + list(cache.layers[layer:])
-    positions = _positions(post_mask)
-    with edited():
-        for lo in range(0, cut, step):
-            hi = min(cut, lo + step)
-            with run_from_layer(layers, layer, lambda lo=lo, hi=hi, h=hidden: h[:, lo:hi], returns_tuple):
-                model(input_ids=post[:, lo:hi], attention_mask=post_mask[:, :hi], position_ids=positions[:, lo:hi],
-                      use_cache=True, **keep_last_logits(model), **{cache_arg(model): upper})
-        del hidden, upper
-        # 3. the post-edit answers: their own tokens run through every layer, then decoding
+    ragged_prefill(model, post, post_mask, upper, stop=cut, tokens=_generation.PREFILL_TOKENS, rows_context=edited,
+                   before_chunk=lambda lo, hi, k: run_from_layer(layers, layer, lambda: hidden[k:, lo:hi], returns_tuple))
+    del hidden, upper
+    # 3. the post-edit answers: their own tokens run through every layer, then decoding
+    with edited(list(range(rows))):
         output = model.generate(input_ids=post, attention_mask=post_mask, generation_config=config,
                                 **{cache_arg(model): cache})
     return pre_answers, decode_answers(tokenizer, output[:, post.shape[1]:], pad_id, stats)
