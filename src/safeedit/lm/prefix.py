@@ -5,8 +5,8 @@ layer L, and the attention keys/values of layers 0..L-1, unchanged for every tok
 prompt is the pre-edit prompt plus a suffix (DINM's), so the two share a long token prefix.
 :func:`generate_before_and_after` answers both prompts of each pair in one pass per batch:
 
-1. the *unedited* model prefills the pre-edit prompts, keeping the hidden states entering layer L
-   over the shared tokens, and decodes the pre-edit answers;
+1. the *unedited* model prefills the pre-edit prompts (skipping padding, :mod:`safeedit.lm.ragged`),
+   keeping the hidden states entering layer L over the shared tokens, and decodes the pre-edit answers;
 2. the KV cache is cut back to the shared tokens: layers < L keep them as they are, layers >= L are
    emptied and recomputed over them from the kept hidden states with the *edited* weights (in place,
    or per row under ``edited``, e.g. :meth:`safeedit.methods.base.GroupEdit.rows`);
