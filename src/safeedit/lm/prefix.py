@@ -37,7 +37,8 @@ import torch
 from safeedit.errors import ConfigError
 from safeedit.lm.arch import resolve_architecture
 from safeedit.lm.chat import use_chat_template
-from safeedit.lm.forward_args import cache_arg, keep_last_logits
+from safeedit.lm import generation as _generation  # PREFILL_TOKENS read at call time (tests patch it)
+from safeedit.lm.forward_args import cache_arg
 from safeedit.lm.generation import (
     GenerationStats,
     decode_answers,
@@ -46,7 +47,6 @@ from safeedit.lm.generation import (
     generation_config,
     token_budget_batches,
 )
-import safeedit.lm.generation as _generation
 from safeedit.lm.heap import release_free_memory
 from safeedit.lm.kv_cache import reserved_cache
 from safeedit.lm.layer_bypass import layer_returns_tuple, run_from_layer
