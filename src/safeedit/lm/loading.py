@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from safeedit.errors import UserError
+from safeedit.lm.cpu_attention import use_cpu_gqa_attention
 from safeedit.lm.threaded_linear import thread_small_linears
 from safeedit.paths import cache_dir
 
@@ -192,6 +193,7 @@ def load_model(
         model.to(device)
         if torch.device(device).type == "cpu":
             thread_small_linears(model)  # decode steps' few-row products on every core
+            use_cpu_gqa_attention(model)  # masked grouped-query attention without copying the KV cache per head
     model.eval()
     read_weights(model)
     model.safeedit_source = source  # remembered for run metadata
