@@ -2,7 +2,7 @@
 
 Each prompt is tokenized once. Prompts are grouped by length so batches carry little padding,
 then answers are put back in the caller's order; the prefill skips what padding is left
-(:mod:`safeedit.lm.ragged`). Prompts longer than the model's window minus
+(:mod:`safeedit.lm.ragged`), and greedy decoding drops rows as they finish (:mod:`safeedit.lm.greedy`). Prompts longer than the model's window minus
 ``max_new_tokens`` are cut from the left, because SafeEdit inputs end with the harmful question;
 every cut is reported (a warning, and ``GenerationStats.truncated`` when asked for).
 """
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from safeedit.errors import ConfigError
 from safeedit.lm.chat import adds_special_tokens, format_prompt, use_chat_template
 from safeedit.lm.forward_args import cache_arg
+from safeedit.lm.greedy import decodes_like_argmax, greedy_decode
 from safeedit.lm.kv_cache import reserved_cache
 from safeedit.lm.ragged import ragged_prefill, supports_row_windows
 
@@ -195,6 +196,7 @@ def generate(
     config = generation_config(model, tokenizer, max_new_tokens, do_sample=do_sample, temperature=temperature,
                                top_p=top_p)
     pad_id = config.pad_token_id
+    greedy = not do_sample and decodes_like_argmax(model, config)
     if seed is not None:
         torch.manual_seed(seed)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
@@ -205,17 +207,23 @@ def generate(
         for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
             input_ids, attention = left_pad([encoded[i] for i in batch], pad_id, device)
             cache = reserved_cache(model, input_ids.shape[1] + max_new_tokens)
-            if supports_row_windows(cache) and input_ids.shape[1] > 1:
-                # all but the last column, skipping padding (safeedit.lm.ragged); generate feeds the last
-                rows = (lambda rows, batch=batch: row_context([batch[r] for r in rows])) if row_context else None
-                ragged_prefill(model, input_ids, attention, cache, stop=input_ids.shape[1] - 1,
-                               tokens=PREFILL_TOKENS, rows_context=rows)
+            rows = (lambda rows, batch=batch: row_context([batch[r] for r in rows])) if row_context else None
+            if supports_row_windows(cache):
+                # all but the last column, skipping padding (safeedit.lm.ragged); the decoding feeds the last
+                if input_ids.shape[1] > 1:
+                    ragged_prefill(model, input_ids, attention, cache, stop=input_ids.shape[1] - 1,
+                                   tokens=PREFILL_TOKENS, rows_context=rows)
                 config.prefill_chunk_size = None
             else:  # chunked prefill needs a cache object; transformers' own otherwise
                 config.prefill_chunk_size = prefill_chunk(len(batch)) if cache is not None else None
-            with row_context(batch) if row_context is not None else nullcontext():
-                output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                        **({} if cache is None else {cache_arg(model): cache}))
-            for index, text in zip(batch, decode_answers(tokenizer, output[:, input_ids.shape[1]:], pad_id, stats)):
+            if supports_row_windows(cache) and greedy:  # finished rows leave the batch
+                new = greedy_decode(model, input_ids, attention, cache, max_new_tokens=max_new_tokens,
+                                    stop_ids=config.eos_token_id, pad_id=pad_id, rows_context=rows)
+            else:
+                with row_context(batch) if row_context is not None else nullcontext():
+                    output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                                            **({} if cache is None else {cache_arg(model): cache}))
+                new = output[:, input_ids.shape[1]:]
+            for index, text in zip(batch, decode_answers(tokenizer, new, pad_id, stats)):
                 answers[index] = text
     return answers[0] if single else answers

@@ -108,6 +108,28 @@ class ReservedLayer(DynamicLayer):
         self.keys = self.keys[:, :, :positions]
         self.values = self.values[:, :, :positions]
 
+    def keep_rows(self, order: list[int]) -> None:
+        """Keep batch rows ``order`` (old row indices, in their new order) and drop the rest.
+
+        Where every moved row comes from beyond the kept rows (the order
+        :func:`safeedit.lm.greedy.drop_order` makes), the moved rows are copied into place inside
+        the buffer and the buffer is narrowed: no new allocation, and only those rows are copied.
+        Any other order is gathered into new tensors."""
+        if not self.is_initialized or self._filled() == 0:
+            return
+        end = self._filled()
+        moves = [(dst, src) for dst, src in enumerate(order) if dst != src]
+        if self._owns_views() and all(src >= len(order) for _, src in moves):
+            for dst, src in moves:
+                self._key_buffer[dst, :, :end].copy_(self._key_buffer[src, :, :end])
+                self._value_buffer[dst, :, :end].copy_(self._value_buffer[src, :, :end])
+            self._key_buffer, self._value_buffer = self._key_buffer[:len(order)], self._value_buffer[:len(order)]
+            self.keys, self.values = self._key_buffer[:, :, :end], self._value_buffer[:, :, :end]
+            return
+        index = torch.tensor(order, device=self.keys.device)
+        self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
+        self._key_buffer = self._value_buffer = None  # the next update reserves room for these rows
+
     def reset(self) -> None:
         self._key_buffer = self._value_buffer = None
         super().reset()

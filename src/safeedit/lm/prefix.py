@@ -11,7 +11,7 @@ prompt is the pre-edit prompt plus a suffix (DINM's), so the two share a long to
    emptied and recomputed over them from the kept hidden states with the *edited* weights (in place,
    or per row under ``edited``, e.g. :meth:`safeedit.methods.base.GroupEdit.rows`);
 3. the post-edit prompts' own tokens (the suffix) run through the whole model and the post-edit
-   answers decode in the same cache.
+   answers decode in the same cache, finished rows leaving the batch (:mod:`safeedit.lm.greedy`).
 
 For an edit at the last layer this removes nearly all of the post-edit prefill, and a batch holds
 one KV cache, not a pre-edit state beside a post-edit cache. The saving exists only when the
@@ -47,6 +47,7 @@ from safeedit.lm.generation import (
     generation_config,
     token_budget_batches,
 )
+from safeedit.lm.greedy import decodes_like_argmax, greedy_decode
 from safeedit.lm.heap import release_free_memory
 from safeedit.lm.kv_cache import reserved_cache
 from safeedit.lm.layer_bypass import layer_returns_tuple, run_from_layer
@@ -217,11 +218,16 @@ def _before_and_after(model, tokenizer, layers, layer, pre_ids, post_ids, shared
     ragged_prefill(model, post, post_mask, upper, stop=cut, tokens=_generation.PREFILL_TOKENS, rows_context=edited,
                    before_chunk=lambda lo, hi, k: run_from_layer(layers, layer, lambda: hidden[k:, lo:hi], returns_tuple))
     del hidden, upper
-    # 3. the post-edit answers: their own tokens run through every layer, then decoding
-    with edited(list(range(rows))):
-        output = model.generate(input_ids=post, attention_mask=post_mask, generation_config=config,
-                                **{cache_arg(model): cache})
-    return pre_answers, decode_answers(tokenizer, output[:, post.shape[1]:], pad_id, stats)
+    # 3. the post-edit answers: their own tokens run through every layer, then decoding, finished rows
+    # leaving the batch (safeedit.lm.greedy; the pre-edit decoding above keeps every row for this pass)
+    if decodes_like_argmax(model, config):
+        new = greedy_decode(model, post, post_mask, cache, max_new_tokens=max_new_tokens,
+                            stop_ids=config.eos_token_id, pad_id=pad_id, rows_context=edited)
+    else:  # the model's generation config adds logits processors: transformers' search
+        with edited(list(range(rows))):
+            new = model.generate(input_ids=post, attention_mask=post_mask, generation_config=config,
+                                 **{cache_arg(model): cache})[:, post.shape[1]:]
+    return pre_answers, decode_answers(tokenizer, new, pad_id, stats)
 
 
 def _probe_tuple(model, layers) -> bool:
