@@ -5,10 +5,10 @@ Qwen2) need each key/value head shared by a group of query heads. transformers' 
 torch do that (``enable_gqa``) only when no attention mask is passed; with a mask, which every
 padded batch and every step over a cache has, it copies the keys and values once per query head
 (``repeat_kv``) for any query longer than one token. Over a long cache that copy costs more than
-the attention: the post-edit suffix of 14 SafeEdit prompts (~25 tokens each, ~1,000 cached)
-took 1.75 s in SmolLM2-135M, 60 % of it in that copy, and 0.78 s with ``enable_gqa``
-(``benchmarks/decode_step.py --attention``). torch's CPU kernel takes a mask with ``enable_gqa``,
-so on the CPU we ask for it.
+the attention: in the post-edit pass of 14 SafeEdit jailbreak prompts (~25 suffix tokens each over
+~1,000 cached) on SmolLM2-135M, 60 % of the profiled time of that step was the copy; the step took
+1.05 s, and 0.76 s with ``enable_gqa`` (``benchmarks/decode_step.py --query 25 --attention both``
+times such steps). torch's CPU kernel takes a mask with ``enable_gqa``, so on the CPU we ask for it.
 
 :func:`use_cpu_gqa_attention` switches a loaded model to :data:`IMPLEMENTATION`, transformers'
 SDPA attention in every case but that one (CPU tensors, a mask, a query of several tokens, a

@@ -2,7 +2,8 @@
 
 Each prompt is tokenized once. Prompts are grouped by length so batches carry little padding,
 then answers are put back in the caller's order; the prefill skips what padding is left
-(:mod:`safeedit.lm.ragged`), and greedy decoding drops rows as they finish (:mod:`safeedit.lm.greedy`). Prompts longer than the model's window minus
+(:mod:`safeedit.lm.ragged`), and greedy decoding drops rows as they finish
+(:mod:`safeedit.lm.greedy`). Prompts longer than the model's window minus
 ``max_new_tokens`` are cut from the left, because SafeEdit inputs end with the harmful question;
 every cut is reported (a warning, and ``GenerationStats.truncated`` when asked for).
 """

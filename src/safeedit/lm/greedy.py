@@ -12,8 +12,9 @@ the rows left.
 Each running row sees the same tokens, positions and mask as under ``generate``, so the answers are
 the same greedy answers up to float summation order (a batch of fewer rows may pick another matrix
 kernel); tests compare both on tiny models and the bench compares grouped and one-at-a-time runs.
-Only a cache of reserved full-attention layers can drop rows (:func:`~safeedit.lm.ragged.supports_row_windows`); callers use
-``generate`` for anything else, and for sampling.
+Only a cache of reserved full-attention layers can drop rows
+(:func:`~safeedit.lm.ragged.supports_row_windows`); callers use ``generate`` for anything else, for
+sampling, and where the model's generation config adds a logits processor (:func:`decodes_like_argmax`).
 """
 
 from __future__ import annotations
