@@ -19,7 +19,6 @@ order. The name is never written into a saved config, so saved models load anywh
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 #: the attention implementation's registered name

@@ -152,6 +152,21 @@ def decode_answers(tokenizer, new: torch.Tensor, pad_id: int, stats: GenerationS
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
+def decode_new_tokens(model, input_ids: torch.Tensor, attention: torch.Tensor, cache, config, *, greedy: bool,
+                      rows_context: Callable[[list[int]], ContextManager] | None = None) -> torch.Tensor:
+    """The new tokens of a left-padded batch whose ``cache`` holds its first columns (or None):
+    :func:`safeedit.lm.greedy.greedy_decode`, which drops finished rows, for ``greedy`` search over a
+    reserved cache, transformers' ``generate`` otherwise. ``rows_context(rows)``: the batch rows running
+    (a per-row edit)."""
+    if greedy and supports_row_windows(cache):
+        return greedy_decode(model, input_ids, attention, cache, max_new_tokens=config.max_new_tokens,
+                             stop_ids=config.eos_token_id, pad_id=config.pad_token_id, rows_context=rows_context)
+    with rows_context(list(range(input_ids.shape[0]))) if rows_context is not None else nullcontext():
+        output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                                **({} if cache is None else {cache_arg(model): cache}))
+    return output[:, input_ids.shape[1]:]
+
+
 def left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -217,14 +232,7 @@ def generate(
                 config.prefill_chunk_size = None
             else:  # chunked prefill needs a cache object; transformers' own otherwise
                 config.prefill_chunk_size = prefill_chunk(len(batch)) if cache is not None else None
-            if supports_row_windows(cache) and greedy:  # finished rows leave the batch
-                new = greedy_decode(model, input_ids, attention, cache, max_new_tokens=max_new_tokens,
-                                    stop_ids=config.eos_token_id, pad_id=pad_id, rows_context=rows)
-            else:
-                with row_context(batch) if row_context is not None else nullcontext():
-                    output = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                            **({} if cache is None else {cache_arg(model): cache}))
-                new = output[:, input_ids.shape[1]:]
+            new = decode_new_tokens(model, input_ids, attention, cache, config, greedy=greedy, rows_context=rows)
             for index, text in zip(batch, decode_answers(tokenizer, new, pad_id, stats)):
                 answers[index] = text
     return answers[0] if single else answers

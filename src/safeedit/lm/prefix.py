@@ -38,16 +38,16 @@ from safeedit.errors import ConfigError
 from safeedit.lm.arch import resolve_architecture
 from safeedit.lm.chat import use_chat_template
 from safeedit.lm import generation as _generation  # PREFILL_TOKENS read at call time (tests patch it)
-from safeedit.lm.forward_args import cache_arg
 from safeedit.lm.generation import (
     GenerationStats,
     decode_answers,
+    decode_new_tokens,
     encode_for_generation,
     generate,
     generation_config,
     token_budget_batches,
 )
-from safeedit.lm.greedy import decodes_like_argmax, greedy_decode
+from safeedit.lm.greedy import decodes_like_argmax
 from safeedit.lm.heap import release_free_memory
 from safeedit.lm.kv_cache import reserved_cache
 from safeedit.lm.layer_bypass import layer_returns_tuple, run_from_layer
@@ -176,7 +176,6 @@ def _before_and_after(model, tokenizer, layers, layer, pre_ids, post_ids, shared
         stats.reused_tokens += sum(shared)
     release_free_memory()  # the previous batch's cache and activations, before this batch's cache
     cache = reserved_cache(model, max(pre.shape[1], post.shape[1]) + max_new_tokens)
-    rows = len(pre_ids)
     kept: list[torch.Tensor] = []  # layer ``layer``'s input over the shared columns, chunk by chunk
 
     @contextmanager
@@ -197,10 +196,10 @@ def _before_and_after(model, tokenizer, layers, layer, pre_ids, post_ids, shared
     ragged_prefill(model, pre, pre_mask, cache, stop=pre.shape[1] - 1, tokens=_generation.PREFILL_TOKENS, before_chunk=keeping)
     hidden = torch.cat(kept, dim=1)
     kept.clear()
-    output = model.generate(input_ids=pre, attention_mask=pre_mask, generation_config=config,
-                            **{cache_arg(model): cache})
+    # transformers' search, every row kept: the post-edit pass below reuses each row's cache
+    output = decode_new_tokens(model, pre, pre_mask, cache, config, greedy=False)
     before = stats.new_tokens if stats is not None else 0
-    pre_answers = decode_answers(tokenizer, output[:, pre.shape[1]:], pad_id, stats)
+    pre_answers = decode_answers(tokenizer, output, pad_id, stats)
     del output
     if stats is not None:
         stats.pre_edit_s += time.perf_counter() - started
@@ -219,14 +218,9 @@ def _before_and_after(model, tokenizer, layers, layer, pre_ids, post_ids, shared
                    before_chunk=lambda lo, hi, k: run_from_layer(layers, layer, lambda: hidden[k:, lo:hi], returns_tuple))
     del hidden, upper
     # 3. the post-edit answers: their own tokens run through every layer, then decoding, finished rows
-    # leaving the batch (safeedit.lm.greedy; the pre-edit decoding above keeps every row for this pass)
-    if decodes_like_argmax(model, config):
-        new = greedy_decode(model, post, post_mask, cache, max_new_tokens=max_new_tokens,
-                            stop_ids=config.eos_token_id, pad_id=pad_id, rows_context=edited)
-    else:  # the model's generation config adds logits processors: transformers' search
-        with edited(list(range(rows))):
-            new = model.generate(input_ids=post, attention_mask=post_mask, generation_config=config,
-                                 **{cache_arg(model): cache})[:, post.shape[1]:]
+    # leaving the batch (safeedit.lm.greedy)
+    new = decode_new_tokens(model, post, post_mask, cache, config, greedy=decodes_like_argmax(model, config),
+                            rows_context=edited)
     return pre_answers, decode_answers(tokenizer, new, pad_id, stats)
 
 

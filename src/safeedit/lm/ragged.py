@@ -120,21 +120,17 @@ def row_window(cache, k: int, rows: int):
 def ragged_prefill(model, input_ids: torch.Tensor, attention: torch.Tensor, cache, *, stop: int, tokens: int,
                    rows_context: Callable[[list[int]], ContextManager] | None = None,
                    before_chunk: Callable[[int, int, int], ContextManager] | None = None) -> None:
-    """Fill ``cache`` over columns ``[0, stop)`` of ``input_ids`` (no logits), skipping rows
-    without a real token in a chunk (:func:`prefill_spans`). Without row windows (a cache layer
-    that is not reserved) every chunk runs every row.
+    """Fill ``cache`` (reserved layers only, :func:`supports_row_windows`) over columns ``[0, stop)``
+    of ``input_ids`` (no logits), skipping rows without a real token in a chunk (:func:`prefill_spans`).
 
     ``rows_context(rows)``: entered around each chunk with the batch rows it runs (a per-row edit);
     ``before_chunk(lo, hi, k)``: a context manager entered around each chunk's forward (hooks that
     read or feed its hidden states)."""
+    if not supports_row_windows(cache):
+        raise ValueError("ragged_prefill needs a cache of reserved full-attention layers (safeedit.lm.kv_cache)")
     rows = input_ids.shape[0]
     position_ids = positions(attention)
-    if supports_row_windows(cache):
-        spans = prefill_spans(first_real_columns(attention[:, :stop]), stop, tokens)
-    else:
-        step = max(1, tokens // max(1, rows))
-        spans = [(lo, min(stop, lo + step), 0) for lo in range(0, stop, step)]
-    for lo, hi, k in spans:
+    for lo, hi, k in prefill_spans(first_real_columns(attention[:, :stop]), stop, tokens):
         view = row_window(cache, k, rows)
         with (rows_context(list(range(k, rows))) if rows_context else nullcontext()), \
                 (before_chunk(lo, hi, k) if before_chunk else nullcontext()):
