@@ -71,6 +71,25 @@ def test_token_budget_batches_sort_by_length_and_bound_the_padded_size():
     assert flat == sorted(flat)
     for b in batches:
         assert len(b) == 1 or len(b) * (max(lengths[i] for i in b) + 64) <= 2200
-    assert batches[0] == [4, 1, 3, 6]  # the short rows share one batch; the long ones go two or one at a time
+    # the short rows share one batch, the 400-token row pairs with a 900-token one (fewer slots than
+    # padding it beside the short rows, in the same three batches), the long ones go two at a time
+    assert batches == [[4, 1, 3], [6, 0], [2, 5]]
     assert token_budget_batches([5000], budget=100) == [[0]]  # too long for the budget: a batch of its own
     assert token_budget_batches([], budget=100) == []
+
+
+def test_token_budget_batches_use_fewest_batches_then_fewest_padded_slots():
+    from safeedit.lm.generation import token_budget_batches
+
+    # filling the first batch greedily would put the two 100-token rows with the short ones (8 rows
+    # x 100 = 800 slots, then 3 x 200): 1,400 slots; the same two batches can hold 60 + 1,000
+    lengths = [10] * 6 + [100] * 2 + [200] * 3
+    batches = token_budget_batches(lengths, budget=1000)
+    assert batches == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    slots = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert slots == 1060
+    # no fewer batches exist within the budget, and every batch stays within it
+    assert len(token_budget_batches(lengths, budget=10**6)) == 1
+    for budget in (150, 400, 999, 2200):
+        got = token_budget_batches(lengths, budget=budget)
+        assert all(len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget for b in got)
