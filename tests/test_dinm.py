@@ -231,3 +231,31 @@ def test_location_finds_the_only_layer_that_separates_the_responses(toxic):
         ids = torch.tensor([[5, 6, 7, 8, 10, 11, 12]])
         full = _layer_outputs(model, arch, ids, torch.ones_like(ids))
         torch.testing.assert_close(location.safe_layer_input, full[toxic - 1], rtol=1e-5, atol=1e-5)
+
+
+def test_location_reuses_the_previous_prompts_states_for_the_tokens_they_share():
+    """With a PromptReuse holder, a location prefills only the prompt tokens after the ones it shares
+    with the previous prompt; distances and the toxic layer's input equal a location without it."""
+    from safeedit.methods.locate import PromptReuse, locate_in_context
+
+    model = tiny_model("llama", seed=5)
+    arch = resolve_architecture(model)
+    base = [5, 6, 7, 8, 9, 10, 11]
+    prompts = [base, [5, 6, 7, 8, 40, 41], [5, 6, 7, 8, 40, 41], [5, 6, 7], [70, 71, 72], []]
+    shared = [0, 4, 6, 3, 0, 0]
+    reuse = PromptReuse()
+    for prompt, expect_shared in zip(prompts, shared):
+        before = reuse.reused_tokens
+        got = locate_in_context(model, arch, prompt, [20, 21, 22], [90, 91, 92, 93], reuse=reuse)
+        assert reuse.reused_tokens - before == expect_shared
+        fresh = locate_in_context(model, arch, prompt, [20, 21, 22], [90, 91, 92, 93])
+        assert got.layer == fresh.layer
+        assert got.distances == pytest.approx(fresh.distances, rel=1e-4, abs=1e-5)
+        if fresh.safe_layer_input is None:
+            assert got.safe_layer_input is None
+        else:
+            torch.testing.assert_close(got.safe_layer_input, fresh.safe_layer_input, rtol=1e-4, atol=1e-5)
+        assert reuse.ids == prompt  # the holder now keeps this prompt's states, responses cut off
+        assert reuse.cache is None or reuse.cache.get_seq_length() == len(prompt)
+    reuse.clear()
+    assert reuse.cache is None and reuse.outputs is None and reuse.ids == []

@@ -355,3 +355,26 @@ def test_bench_judges_a_groups_responses_in_one_call_with_the_verdicts_of_single
                     alone = original(judge, [v["response"]])
                     assert v["label"] == alone.labels[0], (row["key"], side, k)
                     assert v["unsafe_prob"] == pytest.approx(alone.unsafe_prob[0], abs=1e-5), (row["key"], side, k)
+
+
+def test_group_keys_locate_in_prompt_order_reusing_shared_prefixes_and_equal_one_by_one():
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    template = " ".join(f"w{i}" for i in range(30, 45))
+    insts = []
+    for s in range(6):
+        inst = tiny_instance(s, s)
+        # two templates, interleaved, so prompt order differs from instance order
+        prefix = template if s % 2 else "w7 w8 w9"
+        insts.append(dataclasses.replace(inst, adversarial_prompt=f"{prefix} {inst.adversarial_prompt}"))
+    method, single = DINM(suffix=None), DINM(suffix=None)
+    keyed = method.group_keys(model, tok, insts)
+    assert [k for k, _ in keyed] == [single.group_key(model, tok, i) for i in insts]
+    assert all(seconds >= 0 for _, seconds in keyed)
+    assert method.location_reused_tokens >= 2 * len(tok(template, add_special_tokens=False)["input_ids"])
+    assert method._reuse is None  # the states of the last prompt are not kept past the call
+    for inst in insts:
+        a, b = method._planned[inst.key], single._planned[inst.key]
+        assert a[1] == pytest.approx(b[1], rel=1e-4, abs=1e-5)
+        if b[3] is not None:
+            torch.testing.assert_close(a[3], b[3], rtol=1e-4, atol=1e-5)

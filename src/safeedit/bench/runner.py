@@ -468,10 +468,10 @@ class BenchRun:
             bar.update(len(group))
 
         for start in range(0, len(later), window):
-            for inst in later[start:start + window]:
-                t = time.perf_counter()
-                key = method.group_key(model, tok, inst, chat=gen["chat"])
-                keyed_s[inst.key] = time.perf_counter() - t
+            members = later[start:start + window]
+            # groups form in instance order, whatever order the method located them in
+            for inst, (key, seconds) in zip(members, method.group_keys(model, tok, members, chat=gen["chat"])):
+                keyed_s[inst.key] = seconds
                 pending.setdefault(key, []).append(inst)
             for members in pending.values():
                 while len(members) >= cfg.group_size:

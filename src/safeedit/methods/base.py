@@ -21,6 +21,7 @@ The prompt mode (chat template or raw text) is decided once by the caller
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -155,6 +156,18 @@ class Method:
     def group_key(self, model, tokenizer, instance: SafeEditInstance, *, chat: bool | None = None):
         """Instances with equal keys can share one :meth:`group_edit` call (DINM: the toxic layer)."""
         raise NotImplementedError(f"{self.name} does not edit in groups")
+
+    def group_keys(self, model, tokenizer, instances: Sequence[SafeEditInstance], *,
+                   chat: bool | None = None) -> list[tuple[Any, float]]:
+        """:meth:`group_key` of each instance, in order, with the seconds it took. A method may work
+        through them in another order when that computes less (DINM: prompts sorted, so location
+        reuses their shared prefixes)."""
+        out = []
+        for instance in instances:
+            started = time.perf_counter()
+            key = self.group_key(model, tokenizer, instance, chat=chat)
+            out.append((key, time.perf_counter() - started))
+        return out
 
     def group_edit(self, model, tokenizer, instances: Sequence[SafeEditInstance], *,
                    chat: bool | None = None) -> GroupEdit:

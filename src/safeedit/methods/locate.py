@@ -69,26 +69,71 @@ def _layer_outputs(model, arch: ArchitectureMap, input_ids: torch.Tensor, attent
     return captured
 
 
+def _keep_first(cache, n: int) -> None:
+    """Cut every layer of a DynamicCache to its first ``n`` tokens (views: the next update copies)."""
+    for layer in cache.layers:
+        if layer.keys is not None and layer.keys.numel():
+            layer.keys, layer.values = layer.keys[..., :n, :], layer.values[..., :n, :]
+
+
+class PromptReuse:
+    """The unedited model's states over the last located prompt: its KV cache and every layer's
+    output. A location given this holder prefills only the prompt tokens after those it shares with
+    that prompt, then keeps its own prompt's states for the next. SafeEdit's adversarial prompts
+    share long attack templates, so locating them in sorted order skips much of their prefill
+    (:meth:`safeedit.methods.dinm.DINM.group_keys`). Holds one prompt's states (~115 KiB a token
+    for SmolLM2-135M); :meth:`clear` frees them."""
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.cache = None
+        self.outputs: list[torch.Tensor] | None = None
+        self.reused_tokens = 0  # prompt tokens whose prefill was skipped, over all locations
+
+    def clear(self) -> None:
+        self.ids, self.cache, self.outputs = [], None, None
+
+    def take(self, prompt_ids: list[int]) -> tuple[int, object, list[torch.Tensor] | None]:
+        """How many leading tokens ``prompt_ids`` shares with the kept prompt, the kept cache cut to
+        them and the kept layer outputs over them; the holder is emptied (the caller refills it)."""
+        n = 0
+        for a, b in zip(self.ids, prompt_ids):
+            if a != b:
+                break
+            n += 1
+        cache, outputs = self.cache, self.outputs
+        self.clear()
+        if not n or cache is None:
+            return 0, None, None
+        _keep_first(cache, n)
+        self.reused_tokens += n
+        return n, cache, [h[:, :n] for h in outputs]
+
+
 def locate_in_context(
-    model, arch: ArchitectureMap, prompt_ids: list[int], safe_ids: list[int], unsafe_ids: list[int]
+    model, arch: ArchitectureMap, prompt_ids: list[int], safe_ids: list[int], unsafe_ids: list[int],
+    reuse: PromptReuse | None = None,
 ) -> Location:
     """Corrected location: responses in context, mean over response tokens, L2 per layer.
 
     The two sequences share the prompt, which is most of their tokens at SafeEdit's long jailbreak
     inputs: it is prefilled once, and each response continues from its own copy of that cache
-    (equal to two full passes up to float rounding; a test checks it)."""
+    (equal to two full passes up to float rounding; a test checks it). With ``reuse``, the prompt
+    tokens shared with the previous location's prompt come from its states (see :class:`PromptReuse`)."""
     import copy
 
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     n = len(prompt_ids)
-    cache = DynamicCache(config=model.config)
-    prompt_outputs = None
-    if n:
-        ids = torch.tensor([prompt_ids], device=device)
-        prompt_outputs = _layer_outputs(model, arch, ids, torch.ones_like(ids), cache=cache,
-                                        position_ids=torch.arange(n, device=device)[None])
+    done, cache, prompt_outputs = reuse.take(prompt_ids) if reuse is not None else (0, None, None)
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+    if done < n:
+        ids = torch.tensor([prompt_ids[done:]], device=device)
+        rest = _layer_outputs(model, arch, ids, torch.ones((1, n), dtype=torch.long, device=device), cache=cache,
+                              position_ids=torch.arange(done, n, device=device)[None])
+        prompt_outputs = rest if prompt_outputs is None else [torch.cat(p, dim=1) for p in zip(prompt_outputs, rest)]
     pooled, safe_outputs = [], None
     for response, own_cache in ((safe_ids, copy.deepcopy(cache)), (unsafe_ids, cache)):
         ids = torch.tensor([response], device=device)
@@ -96,6 +141,9 @@ def locate_in_context(
                                  cache=own_cache, position_ids=torch.arange(n, n + len(response), device=device)[None])
         pooled.append([h[0].float().mean(dim=0) for h in outputs])
         safe_outputs = outputs if safe_outputs is None else safe_outputs
+    if reuse is not None and n:
+        _keep_first(cache, n)  # the unsafe response's tokens off again: the prompt's states for the next location
+        reuse.ids, reuse.cache, reuse.outputs = list(prompt_ids), cache, prompt_outputs
     del cache
     distances = [float(torch.linalg.vector_norm(a - b)) for a, b in zip(*pooled)]
     layer = int(torch.tensor(distances).argmax())
