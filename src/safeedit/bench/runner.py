@@ -60,15 +60,17 @@ RUN_FORMAT = 2
 
 
 #: padded tokens (rows x (longest prompt + new tokens)) of one batch under prefix reuse, which bounds
-#: the batch's one KV cache (~45 KiB a token for SmolLM2-135M in float32, so ~720 MiB). Rows are
-#: sorted by length first, so SafeEdit's ~1,000-token jailbreak prompts decode ~15 at a time and the
-#: short questions together. Measured on the 2-core CPU (DINM, 8 sample instances, groups of 8, 64 new
-#: tokens; location + edit + post-edit + judge s/instance, peak RSS / after load; two runs each):
-#: 16,384 tokens 9.1-9.5 s, 1.85-1.92x; 8,192 tokens 10.0-10.2 s, 1.46x (benchmarks/bench_speed.py;
-#: one at a time: 25.2-26.1 s, 1.42-1.46x). On a machine about twice as fast (2026-11-29): 16,384
-#: tokens 4.9-5.2 s, 1.83-1.85x; 8,192 tokens 5.8 s, 1.47x; one at a time 13.0-14.3 s, 1.34-1.46x.
-#: ``--decode-tokens`` sets it per run.
-REUSE_DECODE_TOKENS = 16384
+#: the batch's one KV cache (~45 KiB a token for SmolLM2-135M in float32, so ~495 MiB). Rows are
+#: sorted by length and cut into the fewest batches, then the fewest padded slots
+#: (``token_budget_batches``), so SafeEdit's ~1,000-token jailbreak prompts decode ~10 at a time and
+#: the short questions together. 11,264 keeps the bench's peak within 1.5x of the RSS after load on
+#: any data: the peak measured the RSS after load (1,311 MiB) + the largest batch's cache + ~150 MiB,
+#: and 1,311 + 495 + 150 < 1.5 x 1,311. Measured on the 2-core CPU on 2026-12-07 (DINM, 8 sample
+#: instances, groups of 8, 64 new tokens; location + edit + post-edit + judge s/instance, peak RSS /
+#: after load; benchmarks/bench_speed.py --rows d): 16,384 tokens 5.7 s, 1.64x; 12,288 (the sample's
+#: batches at 11,264 are the same) 6.3 s, 1.48x; 10,240 6.8 s, 1.38x; one at a time 14.6 s, 1.34x.
+#: ``--decode-tokens`` sets it per run (on a GPU with room, raise it).
+REUSE_DECODE_TOKENS = 11264
 
 
 @dataclass

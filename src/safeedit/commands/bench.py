@@ -101,8 +101,8 @@ def register(sub) -> None:
                         "GPU; results equal up to float rounding)")
     b.add_argument("--decode-tokens", type=int, default=None,
                    help="prefix reuse: padded tokens of one batch (rows x (longest prompt + new tokens)), which "
-                        "bounds its KV cache; lower it on a memory-tight machine (default 16384, ~720 MiB for "
-                        "SmolLM2-135M in float32)")
+                        "bounds its KV cache; lower it on a memory-tight machine (default 11264, ~495 MiB for "
+                        "SmolLM2-135M in float32; raise it on a GPU with room)")
     b.add_argument("--device-map", default=None,
                    help="'auto': spread a model too large for one GPU over all visible GPUs (accelerate)")
     b.set_defaults(func=cmd_bench)

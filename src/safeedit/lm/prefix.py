@@ -81,7 +81,7 @@ def _shared(a: list[int], b: list[int]) -> int:
 
 def generate_before_and_after(model, tokenizer, pre_prompts: list[str], post_prompts: list[str], *, layer: int,
                               edited: Callable[[list[int]], ContextManager], max_new_tokens: int = 128,
-                              chat: bool | None = None, batch_tokens: int = 16384,
+                              chat: bool | None = None, batch_tokens: int = 11264,
                               stats: GenerationStats | None = None,
                               min_shared: float = 0.5) -> tuple[list[str], list[str]]:
     """Greedy answers to ``pre_prompts[i]`` by the unedited model and to ``post_prompts[i]`` under
