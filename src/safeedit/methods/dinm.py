@@ -311,12 +311,12 @@ class DINM(Method):
         cfg = self.config
         arch = resolve_architecture(model, layers=cfg.layers_module, w_v=cfg.wv_module)
         start = time.perf_counter()
-        chosen, located_here = [], 0.0
+        # instances not located by an earlier group_key(s) call are located here, inside this timer
+        missing = [inst for inst in instances if inst.key not in self._planned]
+        located_here = sum(seconds for _, seconds in self.group_keys(model, tokenizer, missing, chat=chat))
+        chosen = [self._planned[inst.key] for inst in instances]
         for inst in instances:
-            planned = inst.key in self._planned  # located by an earlier group_key call, outside this timer
-            self.group_key(model, tokenizer, inst, chat=chat)
-            chosen.append(self._planned.pop(inst.key))
-            located_here += 0.0 if planned else chosen[-1][2]
+            self._planned.pop(inst.key, None)
         layers = sorted({c[0] for c in chosen})
         if len(layers) != 1:
             raise EditError(f"group_edit needs instances with one toxic layer, got layers {layers}; group by group_key()")
