@@ -70,7 +70,8 @@ def _encode(model, tokenizer, prompts, chat, max_new_tokens, stats):
     return encode_for_generation(model, tokenizer, prompts, chat, max_new_tokens, stats=stats, min_prompt=2)
 
 
-def _shared(a: list[int], b: list[int]) -> int:
+def shared_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` have in common."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -116,7 +117,7 @@ def generate_before_and_after(model, tokenizer, pre_prompts: list[str], post_pro
     pre_ids = _encode(model, tokenizer, pre_prompts, chat, max_new_tokens, stats)
     post_ids = _encode(model, tokenizer, post_prompts, chat, max_new_tokens, stats)
     # shared tokens of a pair, leaving each side at least one token of its own to feed after the cut
-    shared = [min(_shared(a, b), len(a) - 1, len(b) - 1) for a, b in zip(pre_ids, post_ids)]
+    shared = [min(shared_prefix_length(a, b), len(a) - 1, len(b) - 1) for a, b in zip(pre_ids, post_ids)]
     n = len(pre_prompts)
     pre_answers, post_answers = [""] * n, [""] * n
     plain = [i for i in range(n) if shared[i] < max(1.0, min_shared * len(post_ids[i]))]
@@ -231,4 +232,4 @@ def _probe_tuple(model, layers) -> bool:
             input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False))
 
 
-__all__ = ["generate_before_and_after", "supports_prefix_reuse"]
+__all__ = ["generate_before_and_after", "shared_prefix_length", "supports_prefix_reuse"]

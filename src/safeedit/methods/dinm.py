@@ -245,17 +245,17 @@ class DINM(Method):
 
         instances = list(instances)
         order = sorted(range(len(instances)), key=lambda k: self.eval_prompt(instances[k].adversarial_prompt))
-        out: list[tuple[int, float] | None] = [None] * len(instances)
         self._reuse = PromptReuse() if supports_prefix_reuse(model) else None
         try:
-            for k in order:
-                started = time.perf_counter()
-                out[k] = (self.group_key(model, tokenizer, instances[k], chat=chat), time.perf_counter() - started)
+            keyed = super().group_keys(model, tokenizer, [instances[k] for k in order], chat=chat)
         finally:
             if self._reuse is not None:
                 self.location_reused_tokens += self._reuse.reused_tokens
             self._reuse = None
-        return out  # type: ignore[return-value]
+        out: list[tuple[int, float]] = [None] * len(instances)  # type: ignore[list-item]
+        for k, key_and_seconds in zip(order, keyed):
+            out[k] = key_and_seconds
+        return out
 
     def group_key(self, model, tokenizer, instance: SafeEditInstance, *, chat: bool | None = None) -> int:
         """The toxic layer (located now, on the unedited model, and kept for :meth:`group_edit`).

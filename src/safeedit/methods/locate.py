@@ -96,11 +96,9 @@ class PromptReuse:
     def take(self, prompt_ids: list[int]) -> tuple[int, object, list[torch.Tensor] | None]:
         """How many leading tokens ``prompt_ids`` shares with the kept prompt, the kept cache cut to
         them and the kept layer outputs over them; the holder is emptied (the caller refills it)."""
-        n = 0
-        for a, b in zip(self.ids, prompt_ids):
-            if a != b:
-                break
-            n += 1
+        from safeedit.lm.prefix import shared_prefix_length
+
+        n = shared_prefix_length(self.ids, prompt_ids)
         cache, outputs = self.cache, self.outputs
         self.clear()
         if not n or cache is None:
