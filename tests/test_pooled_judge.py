@@ -72,6 +72,69 @@ def test_saved_judge_loads_with_auto_classes_and_safety_judge(tmp_path, head_hid
     assert result.unsafe_prob[2] == pytest.approx(float(expected[1]), abs=1e-5)
 
 
+def _prompt_judge(prompt_tokens=3):
+    from safeedit.judge.pooled import from_decoder
+
+    decoder = tiny_model("llama", seed=0)
+    g = torch.Generator().manual_seed(1)
+    head = {"score.weight": torch.randn(2, 32, generator=g), "score.bias": torch.randn(2, generator=g)}
+    return decoder, from_decoder(decoder, 2, head, {0: "safe", 1: "unsafe"}, prompt_tokens=prompt_tokens,
+                                 prompt_open="w100 ", prompt_close=" w101 w102")
+
+
+def test_prompt_reading_judge_reads_the_prompts_tail_and_pools_the_response_only():
+    from safeedit.judge.pooled import encode_prompted
+
+    decoder, judge = _prompt_judge(prompt_tokens=3)
+    tok = tiny_tokenizer()
+    prompts = ["w1 w2 w3 w4 w5", "w6"]
+    responses = ["w7 w8", "w9 w10 w11 w12"]
+    enc = encode_prompted(tok, judge.config, responses, prompts, max_length=3)
+    # open + the prompt's last 3 tokens + close + the response's first 3 tokens, right-padded
+    assert enc["input_ids"][0].tolist() == [100, 3, 4, 5, 101, 102, 7, 8]
+    assert enc["input_ids"][1, :6].tolist() == [100, 6, 101, 102, 9, 10] and enc["input_ids"].shape[1] == 8
+    assert enc["token_type_ids"][0].tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
+    assert enc["token_type_ids"][1].tolist() == [0, 0, 0, 0, 1, 1, 1, 0]
+    with torch.no_grad():
+        got = judge.pooled(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        for row in range(2):
+            n = int(enc["attention_mask"][row].sum())
+            ids = enc["input_ids"][row:row + 1, :n]
+            hidden = decoder(input_ids=ids, output_hidden_states=True).hidden_states[2][0]
+            start = int(enc["token_type_ids"][row].argmax())
+            torch.testing.assert_close(got[row], hidden[start:n].mean(0), rtol=1e-5, atol=1e-5)
+        other = encode_prompted(tok, judge.config, responses, ["w50 w51 w52", "w53"], max_length=3)
+        moved = judge.pooled(other["input_ids"], other["attention_mask"], other["token_type_ids"])
+    assert not torch.allclose(moved, got)  # the same responses after other requests read differently
+    with pytest.raises(Exception, match="encode_prompted"):
+        judge(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    with pytest.raises(ValueError, match="1 prompts for 2"):
+        encode_prompted(tok, judge.config, responses, prompts[:1], max_length=3)
+
+
+def test_saved_prompt_reading_judge_needs_prompts_and_scores_like_the_model(tmp_path):
+    from safeedit.judge import SafetyJudge
+    from safeedit.judge.model import CONFIG_KEY
+    from safeedit.judge.pooled import encode_prompted
+
+    _, judge = _prompt_judge(prompt_tokens=2)
+    judge.config.update({CONFIG_KEY: {"with_prompt": True, "kind": "pooled"}})
+    tok = tiny_tokenizer()
+    judge.save_pretrained(tmp_path / "j")
+    tok.save_pretrained(tmp_path / "j")
+    sj = SafetyJudge.from_pretrained(tmp_path / "j")
+    assert sj.with_prompt and sj.model.config.prompt_tokens == 2 and sj.model.config.prompt_close == " w101 w102"
+    responses, prompts = [_words(4), _words(5), ""], ["w1 w2 w3", "w9", "w4"]
+    with pytest.raises(ValueError, match="prompts"):
+        sj(responses)
+    result = sj(responses, prompts=prompts)
+    enc = encode_prompted(tok, judge.config, responses[:2], prompts[:2], max_length=sj.max_length)
+    with torch.no_grad():
+        expected = judge(**enc).logits.softmax(-1)[:, 1]
+    assert result.unsafe_prob[:2] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert result.labels[2] == 0.5  # an empty response is still 0.5 unread
+
+
 def test_bad_pool_layer_and_head_shapes_are_refused():
     from safeedit.errors import ConfigError
     from safeedit.judge.pooled import from_decoder
@@ -167,6 +230,23 @@ def test_feature_cache_resumes_and_never_recomputes(tmp_path):
     assert not list((tmp_path / "f").glob("*.tmp*"))
 
 
+def test_prompt_reading_features_are_cached_per_prompt_and_response(tmp_path):
+    from safeedit.errors import DataError
+    from safeedit.judge.pooled_train import FeatureCache, pooled_features
+
+    _, judge = _prompt_judge(prompt_tokens=2)
+    tok = tiny_tokenizer()
+    responses = [_words(1), _words(1), _words(2)]
+    prompts = ["w1 w2", "w3 w4", "w1 w2"]
+    cache = FeatureCache(tmp_path / "f")
+    got = pooled_features(judge, tok, responses, max_length=16, cache=cache, prompts=prompts)
+    assert not np.allclose(got[0], got[1])  # one response, two requests: two features
+    again = pooled_features(judge, tok, responses, max_length=16, cache=FeatureCache(tmp_path / "f"), prompts=prompts)
+    np.testing.assert_allclose(again, got, rtol=1e-6)
+    with pytest.raises(DataError, match="prompts"):
+        pooled_features(judge, tok, responses, max_length=16, cache=cache)
+
+
 def _write_rows(path, n=60, seed=0):
     rng = np.random.default_rng(seed)
     with open(path, "w") as f:
@@ -180,9 +260,11 @@ def _write_rows(path, n=60, seed=0):
     return path
 
 
-def test_fit_head_end_to_end_on_a_tiny_backbone(tmp_path, monkeypatch):
+@pytest.mark.parametrize("prompt_tokens", [0, 4])
+def test_fit_head_end_to_end_on_a_tiny_backbone(tmp_path, monkeypatch, prompt_tokens):
     """A recipe trains, writes a judge folder that SafetyJudge loads, and that judge gives the labels the
-    features and the head gave (the reported scores are the saved judge's)."""
+    features and the head gave (the reported scores are the saved judge's); a prompt-reading recipe
+    writes a judge that reads the prompt."""
     from safeedit.judge import SafetyJudge
     from safeedit.judge.pooled_train import HeadRecipe, load_head, train_pooled_judge
 
@@ -194,20 +276,23 @@ def test_fit_head_end_to_end_on_a_tiny_backbone(tmp_path, monkeypatch):
     recipe = HeadRecipe(backbone=str(backbone), pool_layer=2, max_length=16, head_hidden=2, head_members=3,
                         head_epochs=5, head_batch=16, data_path=str(data),
                         safeedit_path=None, labels_path=None, validation_path=None, max_train=None,
-                        refusal_pivots=0, test_fraction=0.3, max_eval_per_source=None)
+                        refusal_pivots=0, test_fraction=0.3, max_eval_per_source=None, prompt_tokens=prompt_tokens,
+                        prompt_open="w100", prompt_close="w101")
     report = train_pooled_judge(tmp_path / "judge", recipe, progress=False, log=lambda m: None)
     assert report["metrics"]["overall"]["n"] > 0
     assert (tmp_path / "cache" / "judge-features").is_dir()
     judge = SafetyJudge.from_pretrained(tmp_path / "judge")
     info = json.loads((tmp_path / "judge" / "config.json").read_text())["safeedit_judge"]
     assert info["kind"] == "pooled" and info["pool_layer"] == 2 and judge.max_length == 16
+    assert judge.with_prompt == bool(prompt_tokens) == info["with_prompt"] == report["with_prompt"]
+    assert judge.model.config.prompt_tokens == prompt_tokens
     head, head_report = load_head(tmp_path / "judge")
     assert head_report["recipe"]["pool_layer"] == 2 and head["score.0.weight"].shape == (2 * 3, 32)
     assert info["head_hidden"] == 2 * 3 and judge.model.config.head_hidden == 6
     from safeedit.judge.data import load_rows, split_rows
 
     _, test = split_rows(load_rows(data, None), test_fraction=0.3, seed=0)
-    labels = judge([r.response for r in test]).labels
+    labels = judge([r.response for r in test], prompts=[r.prompt for r in test]).labels
     tp = sum(1 for r, p in zip(test, labels) if r.label == 1 and p == 1)
     assert report["metrics"]["overall"]["confusion"][1][1] == tp
     assert report["metrics"]["overall"]["n"] == len(test)

@@ -104,12 +104,17 @@ def unsafe_index(id2label: dict) -> int:
                      f"name them safe/unsafe or use generic LABEL_0 (safe) / LABEL_1 (unsafe)")
 
 
-def encode(tokenizer, responses: list[str], prompts: list[str] | None, max_length: int) -> dict:
+def encode(tokenizer, responses: list[str], prompts: list[str] | None, max_length: int, config=None) -> dict:
     """Tokenise one batch the same way in training and at inference.
 
     With prompts the pair is (prompt, response) and 'longest_first' truncation trims whichever is
-    longer, so a long jailbreak prompt cannot push the response out of the window.
+    longer, so a long jailbreak prompt cannot push the response out of the window. A prompt-reading
+    pooled judge (``config.prompt_tokens`` > 0) has its own layout: :func:`safeedit.judge.pooled.encode_prompted`.
     """
+    if prompts is not None and getattr(config, "prompt_tokens", 0):
+        from safeedit.judge.pooled import encode_prompted
+
+        return encode_prompted(tokenizer, config, list(responses), list(prompts), max_length)
     kwargs = dict(truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     if prompts is None:
         return tokenizer(list(responses), **kwargs)
@@ -247,7 +252,7 @@ class SafetyJudge:
             batches = tqdm(batches, desc="judging", unit="batch")
         for batch in batches:
             enc = encode(self.tokenizer, [responses[i] for i in batch],
-                         [prompts[i] for i in batch] if self.with_prompt else None, self.max_length)
+                         [prompts[i] for i in batch] if self.with_prompt else None, self.max_length, self.model.config)
             logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()
             p_unsafe = logits.softmax(-1)[:, self.unsafe_index].tolist()
             if self.threshold is None:

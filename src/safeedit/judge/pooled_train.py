@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from safeedit.errors import DataError
+from safeedit.errors import ConfigError, DataError
 from safeedit.judge.data import JudgeRow, describe
+from safeedit.judge.pooled import CHATML_CLOSE, CHATML_OPEN
 
 #: what the pooled state is computed over, per recipe (the feature cache is keyed by it)
 FEATURE_FORMAT = 1
@@ -48,6 +49,12 @@ class HeadRecipe:
     pool_layer: int = 18
     #: tokens of a response read, in training and at inference (the judge stores it)
     max_length: int = 128
+    #: the prompt's last tokens read before the response (0: the response alone, like the paper's
+    #: judge); a judge with them needs the prompt whenever it scores (``safeedit.judge.pooled``)
+    prompt_tokens: int = 0
+    #: text before the prompt and between prompt and response (the default backbone's chat turns)
+    prompt_open: str = CHATML_OPEN
+    prompt_close: str = CHATML_CLOSE
     #: units of the head's hidden layer; 0 = a linear head (logistic regression, ``C``). Source:
     #: measured on cached layer-18 features (5 seeds each): 64 units kept the validation score of
     #: the logistic regression (0.819 vs 0.818) and raised the held-out pool's all-rows score from
@@ -96,6 +103,12 @@ class HeadRecipe:
     max_eval_per_source: int | None = 150
     #: seed of the split hashes and the subsample
     seed: int = 0
+
+    def prompt_reading(self) -> dict:
+        """The judge config's prompt fields (``from_decoder``'s keyword arguments)."""
+        if self.prompt_tokens < 0:
+            raise ConfigError(f"prompt_tokens must be >= 0 (0: the response alone), got {self.prompt_tokens}")
+        return {"prompt_tokens": self.prompt_tokens, "prompt_open": self.prompt_open, "prompt_close": self.prompt_close}
 
     def data_config(self):
         """The fine-tuned judge's config carrying this recipe's data options (for ``build_splits``)."""
@@ -150,21 +163,45 @@ class FeatureCache:
             self._rows[str(k)] = row
 
 
-def feature_cache_dir(backbone_fingerprint: str, pool_layer: int, max_length: int) -> Path:
+def feature_cache_dir(backbone_fingerprint: str, pool_layer: int, max_length: int, prompt_tokens: int = 0) -> Path:
+    """The cache folder of one feature kind; a prompt-reading judge's (``prompt_tokens`` > 0) is its own."""
     from safeedit.paths import cache_dir
 
-    return cache_dir() / "judge-features" / f"v{FEATURE_FORMAT}-{backbone_fingerprint}-L{pool_layer}-T{max_length}"
+    reads = f"-P{prompt_tokens}" if prompt_tokens else ""
+    return cache_dir() / "judge-features" / f"v{FEATURE_FORMAT}-{backbone_fingerprint}-L{pool_layer}-T{max_length}{reads}"
+
+
+def feature_text(response: str, prompt: str | None) -> str:
+    """What a feature is cached under: the response, or prompt and response for a prompt-reading judge."""
+    return response if prompt is None else f"{prompt}\x00{response}"
 
 
 def pooled_features(judge, tokenizer, texts: list[str], max_length: int, cache: FeatureCache | None = None,
-                    batch_tokens: int = 4096, chunk_rows: int = 256, progress: bool = False) -> np.ndarray:
-    """[len(texts), hidden] pooled states of ``judge`` (a :class:`PooledJudgeForSequenceClassification`) for ``texts``, from
-    ``cache`` where it has them; the rest computed in batches of similar length and added to it."""
-    todo = sorted({t for t in texts if cache is None or cache.get(t) is None},
-                  key=lambda t: (len(t), t))
+                    batch_tokens: int = 4096, chunk_rows: int = 256, progress: bool = False,
+                    prompts: list[str] | None = None) -> np.ndarray:
+    """[len(texts), hidden] pooled states of ``judge`` (a :class:`PooledJudgeForSequenceClassification`) for the
+    responses ``texts``, from ``cache`` where it has them; the rest computed in batches of similar length
+    and added to it. A prompt-reading judge (``judge.config.prompt_tokens`` > 0) needs ``prompts``, aligned."""
+    from safeedit.judge.pooled import encode_prompted
+
+    reads_prompt = bool(judge.config.prompt_tokens)
+    if reads_prompt and (prompts is None or len(prompts) != len(texts)):
+        raise DataError(f"this pooled judge reads the prompt: pass {len(texts)} prompts aligned with the responses")
+    pairs = list(zip(prompts if reads_prompt else [None] * len(texts), texts))
+
+    def encoded(part: list[tuple[str | None, str]]) -> dict[str, torch.Tensor]:
+        responses = [r for _, r in part]
+        if reads_prompt:
+            return encode_prompted(tokenizer, judge.config, responses, [p for p, _ in part], max_length)
+        return tokenizer(responses, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+    todo = sorted({pair for pair in pairs if cache is None or cache.get(feature_text(pair[1], pair[0])) is None},
+                  key=lambda pair: (len(pair[0] or "") + len(pair[1]), pair[0] or "", pair[1]))
     computed: dict[str, np.ndarray] = {}
     if todo:
-        lengths = [min(max_length, len(ids)) or 1 for ids in tokenizer(todo, add_special_tokens=True).input_ids]
+        lengths = [int(m.sum()) or 1 for pair in todo for m in encoded([pair])["attention_mask"]]
+        order = sorted(range(len(todo)), key=lambda i: lengths[i])
+        todo, lengths = [todo[i] for i in order], [lengths[i] for i in order]
         batches, start = [], 0
         while start < len(todo):  # batches of at most batch_tokens padded tokens
             end = start + 1
@@ -182,11 +219,13 @@ def pooled_features(judge, tokenizer, texts: list[str], max_length: int, cache: 
         with torch.inference_mode():
             for lo, hi in batches:
                 part = todo[lo:hi]
-                enc = tokenizer(part, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-                rows = judge.pooled(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float().cpu().numpy()
-                for t, row in zip(part, rows):
+                enc = {k: v.to(device) for k, v in encoded(part).items()}
+                rows = judge.pooled(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids") if reads_prompt
+                                    else None).float().cpu().numpy()
+                keys = [feature_text(r, p) for p, r in part]
+                for t, row in zip(keys, rows):
                     computed[t] = row
-                pending_texts += part
+                pending_texts += keys
                 pending_rows.append(rows)
                 if cache is not None and len(pending_texts) >= chunk_rows:
                     cache.add(pending_texts, np.concatenate(pending_rows))
@@ -197,7 +236,8 @@ def pooled_features(judge, tokenizer, texts: list[str], max_length: int, cache: 
             cache.add(pending_texts, np.concatenate(pending_rows) if pending_rows else np.zeros((0, 1)))
         if bar is not None:
             bar.close()
-    out = [computed.get(t) if t in computed else cache.get(t) for t in texts]
+    keys = [feature_text(r, p) for p, r in pairs]
+    out = [computed[t] if t in computed else cache.get(t) for t in keys]
     return np.stack(out) if out else np.zeros((0, judge.config.backbone["hidden_size"]), np.float32)
 
 
@@ -344,15 +384,21 @@ def train_pooled_judge(out_dir: str | Path, recipe: HeadRecipe | None = None, pr
     from safeedit.judge.pooled import set_head
 
     blank = {"score.weight": torch.zeros(2, decoder.config.hidden_size), "score.bias": torch.zeros(2)}
-    judge = from_decoder(decoder, recipe.pool_layer, blank, ID2LABEL)  # the head comes after the fit
+    judge = from_decoder(decoder, recipe.pool_layer, blank, ID2LABEL, **recipe.prompt_reading())  # head: after the fit
     del decoder
     fingerprint = model_fingerprint(judge.backbone)
-    cache = FeatureCache(feature_cache_dir(fingerprint, recipe.pool_layer, recipe.max_length))
+    cache = FeatureCache(feature_cache_dir(fingerprint, recipe.pool_layer, recipe.max_length, recipe.prompt_tokens))
+
+    def features(rows: list[JudgeRow]) -> np.ndarray:
+        return pooled_features(judge, tokenizer, [r.response for r in rows], recipe.max_length, cache, progress=progress,
+                               prompts=[r.prompt for r in rows] if recipe.prompt_tokens else None)
+
     train = splits.train
+    reads = f", the prompt's last {recipe.prompt_tokens} tokens" if recipe.prompt_tokens else ""
     log(f"pooled judge: {len(train)} training rows, {len(splits.test)} held-out, {len(splits.validation)} validation; "
-        f"backbone {recipe.backbone} layer {recipe.pool_layer}, {recipe.max_length} tokens")
+        f"backbone {recipe.backbone} layer {recipe.pool_layer}, {recipe.max_length} response tokens{reads}")
     t0 = time.perf_counter()
-    x_train = pooled_features(judge, tokenizer, [r.response for r in train], recipe.max_length, cache, progress=progress)
+    x_train = features(train)
     feature_s = time.perf_counter() - t0
     weights = np.array([recipe.labels_weight if r.source.startswith("labels:") else 1.0 for r in train])
     t1 = time.perf_counter()
@@ -363,8 +409,7 @@ def train_pooled_judge(out_dir: str | Path, recipe: HeadRecipe | None = None, pr
     def scored(rows: list[JudgeRow]) -> dict | None:
         if not rows:
             return None
-        feats = pooled_features(judge, tokenizer, [r.response for r in rows], recipe.max_length, cache, progress=progress)
-        labels, p = head_predictions(feats, head)
+        labels, p = head_predictions(features(rows), head)
         metrics = evaluate_predictions(rows, labels)
         auc = roc_auc([r.label for r in rows], p)
         metrics["overall"]["roc_auc"] = None if auc != auc else auc
@@ -380,7 +425,7 @@ def train_pooled_judge(out_dir: str | Path, recipe: HeadRecipe | None = None, pr
         log(format_scores(val_metrics, "labelled validation set:"))
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "kind": "pooled", "with_prompt": False, "recipe": asdict(recipe), "backbone_fingerprint": fingerprint,
+        "kind": "pooled", "with_prompt": bool(recipe.prompt_tokens), "recipe": asdict(recipe), "backbone_fingerprint": fingerprint,
         "counts": splits.counts | {"train_used": describe(train)},
         "metrics": metrics, "validation_metrics": val_metrics,
         "seconds": {"features": round(feature_s, 1), "fit": round(fit_s, 1), "eval": round(eval_s, 1),
@@ -427,7 +472,7 @@ def save_pooled_judge(out_dir: str | Path, judge, tokenizer, max_length: int, re
     from safeedit.judge.train import _atomic_write
 
     out_dir = Path(out_dir).expanduser()
-    info = {"with_prompt": False, "kind": "pooled", "backbone": report["recipe"]["backbone"],
+    info = {"with_prompt": bool(judge.config.prompt_tokens), "kind": "pooled", "backbone": report["recipe"]["backbone"],
             "pool_layer": report["recipe"]["pool_layer"], "head_hidden": judge.config.head_hidden,
             "train_max_length": max_length,
             "backbone_fingerprint": report["backbone_fingerprint"], "trained_by": report.get("trained_by", "safeedit judge fit-head"),

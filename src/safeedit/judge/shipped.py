@@ -66,7 +66,7 @@ def build_default_judge(out_dir: str | Path | None = None, log=None) -> Path:
     recipe = HeadRecipe.from_dict(report["recipe"])
     decoder, tokenizer = load_backbone(recipe.backbone)
     with torch.no_grad():
-        judge = from_decoder(decoder, recipe.pool_layer, head, ID2LABEL)
+        judge = from_decoder(decoder, recipe.pool_layer, head, ID2LABEL, **recipe.prompt_reading())
     del decoder
     fingerprint = model_fingerprint(judge.backbone)
     if fingerprint != report["backbone_fingerprint"]:
