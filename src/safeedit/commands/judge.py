@@ -347,7 +347,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                            "judge's recipe", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     fit.add_argument("--out", required=True, help="judge folder to write")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="a HeadRecipe field (backbone, pool_layer, max_length, head_hidden, head_members, C, max_train, "
+                     help="a HeadRecipe field (backbone, pool_layer, max_length, prompt_tokens, head_hidden, head_members, C, max_train, "
                           "labels_weight, refusal_pivots, data_path, labels_path, validation_path, seed, ...)")
     fit.add_argument("--ship", action="store_true", help="also write the head into the package as the shipped "
                                                          "default (maintainers)")
