@@ -25,7 +25,6 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-
 from safeedit.lm.fingerprint import model_fingerprint
 from safeedit.errors import ConfigError
 from safeedit.judge.formats import JudgeFormat, Verdict, is_moderation_template
