@@ -797,12 +797,33 @@ so every row's feature is computed once (all ~19,600 distinct texts of this bloc
   each other, layer 18 best (validation 0.841, held-out 0.795 at C 0.02); layers 0-9 and the last layer
   lower; the last token's state (with or without the question appended) lower than the mean; a
   one-hidden-layer MLP head no better than the linear one. C 0.005-0.5 tried; 0.01-0.02 best.
-- *Reading the question*, re-measured with pooled features (the prompt's last 64 tokens before the
-  response, pooled over the response only, on the 2,000-row recipe's rows, the files before the
-  ordinary-request rows): validation 0.836 against 0.810 for the response alone, held-out 0.816 against
-  0.804. Better on both, by less than the ~0.03 seed spread above, and a prompt-reading judge needs the
-  prompt whenever it scores (the bench has it; a user scoring a JSONL of responses may not), so the
-  default still reads the response only, like the paper's judge. Not built as an option.
+- *Reading the request; several layers* (measured on 2026-12-07 with `python benchmarks/judge_feature_variants.py
+  extract resp ctx` and `fit VARIANT ...`: the default's rows and MLP head, other features; every
+  (prompt, response) pair's layer outputs extracted once, 1,804 s for the response alone and 2,308 s with
+  the request, 22 layers run). `ctx` reads the request's last 64 tokens in the user turn before the
+  response (what `fit-head --set prompt_tokens=64` builds), `+P` adds the mean over the request's tokens;
+  numbers are layers averaged over the response; "best threshold" is the threshold best on that very set,
+  an upper bound, not a result:
+
+  | features | validation bal. (recall unsafe / safe) | val. AUC | val. best threshold | held-out bal. (recall unsafe / safe) | held-out AUC | held-out best threshold |
+  |---|---|---|---|---|---|---|
+  | resp:18 (the default's) | 0.829 (0.745 / 0.913) | 0.919 | 0.851 at 0.22 | 0.826 (0.960 / 0.691) | 0.932 | 0.854 at 0.78 |
+  | ctx:18 | 0.806 (0.660 / 0.952) | 0.925 | 0.855 at 0.03 | 0.856 (0.952 / 0.760) | 0.940 | 0.867 at 0.65 |
+  | ctx:18+P | 0.811 (0.670 / 0.952) | 0.928 | 0.857 at 0.02 | 0.869 (0.939 / 0.799) | 0.947 | 0.874 at 0.58 |
+  | resp:14,18,22 | 0.818 (0.713 / 0.923) | 0.916 | 0.860 at 0.09 | 0.833 (0.941 / 0.725) | 0.940 | 0.864 at 0.71 |
+  | resp:10,14,18,22 | 0.788 (0.649 / 0.927) | 0.907 | 0.846 at 0.09 | 0.844 (0.915 / 0.772) | 0.937 | 0.865 at 0.73 |
+  | ctx:10,14,18,22 | 0.779 (0.606 / 0.952) | 0.918 | | 0.867 (0.920 / 0.813) | 0.943 | |
+
+  (The last three rows come from the same features and fit in the script's first form; its final form
+  reproduced the first three rows to the digit.) Reading the request ranks better on both sets (AUC 0.928
+  / 0.947 against 0.919 / 0.932) and is 0.03-0.04 better on other models' responses, but at the argmax it
+  lets more of the embedded model's weak compliance through (recall on unsafe 0.66 against 0.745) and
+  loses 0.02 on the responses the bench scores; more layers trade the same way. No one threshold mends
+  it: the best thresholds are ~0.03 on our set and ~0.6 on the pool. A threshold picked on a quarter of
+  our labelled *training* rows (by question; the head refitted without them) gives ctx:18+P 0.843 / 0.813
+  and resp:18 0.840 / 0.760 (validation / held-out): it moves the error from one set to the other. The
+  default stays response-only; `fit-head --set prompt_tokens=64` builds the prompt-reading judge for whoever
+  scores other models' responses, and needs the prompt whenever it scores.
 - *Against the fine-tuned default*, retrained on the files before the ordinary-request rows (1,918
   labelled training rows, 781 validation rows; 295 s of training): validation 0.826, held-out all rows
   0.761, validation ROC AUC 0.912. The pooled default is level with it on our validation set (0.818) and
@@ -811,7 +832,8 @@ so every row's feature is computed once (all ~19,600 distinct texts of this bloc
   16-40 min of training.
 - **Still short of 0.90.** The default's validation ROC AUC is 0.918; its misses are mostly `weak`
   compliance whose harm only the question shows (a list of landmarks asked as places to rob, a persona
-  saying yes), thin steps, and safe answers shaped like compliance.
+  saying yes), thin steps, and safe answers shaped like compliance. Reading the question raises the
+  ranking (AUC 0.928), but on our set no threshold of any variant above scores beyond ~0.86.
 """
 
 
