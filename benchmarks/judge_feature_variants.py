@@ -10,12 +10,16 @@ default judge does: ``resp:18`` is the default judge's feature). ``extract ctx``
 after the request's last ``--prompt-tokens`` tokens in the chat turn format
 (:func:`safeedit.judge.pooled.encode_prompted`, as a judge fitted with ``--set prompt_tokens=N`` reads
 it), with the same four means over the response plus the mean over the request's tokens at layer 18
-(``+P``). Features are written in chunks under ``$SAFEEDIT_CACHE/judge-feature-variants`` (a killed
-extraction resumes); ``extract`` takes ~30-40 min per stage on the 2-core CPU.
+(``+P``). Both stages also keep, at each of those layers, the maximum over the response's tokens
+(``+M18``, ``+M14,18``) and their mean (``+S18``) without a sequence's first token, whose residual state
+(the attention sink: a norm of ~23,000 at layer 18 against ~190 for every other token) the default
+judge's mean includes; ``resp:+S18`` is that mean alone, ``resp:+S18+M18`` with the maximum. Features
+are written in chunks under ``$SAFEEDIT_CACHE/judge-feature-variants`` (a killed extraction resumes);
+``extract`` takes ~30-40 min per stage on the 2-core CPU.
 
 ``fit VARIANT ...`` prints one line per variant, e.g. ``resp:18``, ``ctx:18``, ``ctx:18+P``,
-``resp:14,18,22``. ``--calibrate`` also picks the decision threshold on a quarter of our labelled
-training rows (by question group; the head is refitted without them for it) instead of argmax. The
+``resp:14,18,22``, ``resp:18+M18``. ``--calibrate`` also picks the decision threshold on a quarter of our
+labelled training rows (by question group; the head is refitted without them for it) instead of argmax. The
 "best threshold" columns are the threshold that would be best on that very set: an upper bound of what
 any threshold could do, never a result.
 
@@ -120,6 +124,17 @@ def extract(stage: str, prompt_tokens: int, limit: int | None = None) -> None:
                     prompt[i, n_open:start - n_close] = 1
                 prompt = prompt.unsqueeze(-1).float()
                 parts.append((hidden[PROMPT_LAYER] * prompt).sum(1) / prompt.sum(1).clamp(min=1))
+            # the maximum over the response's tokens, per layer; not over a sequence's first token,
+            # whose residual state (the attention sink) is far larger than any other's in every row
+            # and would be the maximum whatever the text
+            peak = enc["token_type_ids"].bool().clone()
+            first = mask.argmax(-1)
+            longer = peak.sum(-1) > 1
+            peak[torch.arange(len(part))[longer], first[longer]] = False
+            parts += [hidden[k].masked_fill(~peak.unsqueeze(-1), float("-inf")).amax(1) for k in LAYERS]
+            # and the mean without that token (the default judge's mean includes it)
+            rest = peak.unsqueeze(-1).float()
+            parts += [(hidden[k] * rest).sum(1) / rest.sum(1) for k in LAYERS]
             keys += [key(*p) for p in part]
             feats.append(torch.cat(parts, -1).numpy().astype(np.float16))  # a measurement store: half the disk
             bar.update(len(part))
@@ -148,9 +163,20 @@ def matrix(variant: str, rows, store: dict, prompt_tokens: int) -> np.ndarray:
         store[stage] = load(stage, prompt_tokens)
     layers, *extra = spec.split("+")
     width = 576
-    cols = [slice(width * LAYERS.index(int(k)), width * (LAYERS.index(int(k)) + 1)) for k in layers.split(",")]
+    cols = [slice(width * LAYERS.index(int(k)), width * (LAYERS.index(int(k)) + 1)) for k in layers.split(",") if k]
     if "P" in extra:
         cols.append(slice(width * len(LAYERS), width * (len(LAYERS) + 1)))
+    # blocks after the means (and P): the per-layer maxima (M), then the means without the first token (S)
+    after = {"M": len(LAYERS) + (stage == "ctx"), "S": 2 * len(LAYERS) + (stage == "ctx")}
+    for part in extra:
+        if part[:1] in after:  # e.g. M18, M14,18 or S18
+            cols += [slice(width * (after[part[0]] + LAYERS.index(int(k))),
+                           width * (after[part[0]] + LAYERS.index(int(k)) + 1)) for k in part[1:].split(",")]
+    expected = width * (3 * len(LAYERS) + (stage == "ctx"))
+    found = len(next(iter(store[stage].values())))
+    if found != expected:  # chunks written before the maxima and sink-free means were kept
+        raise SystemExit(f"{stage} features have {found} columns, not {expected}: delete "
+                         f"{folder(stage, prompt_tokens)} and run `extract {stage}` again")
     missing = [r for r in rows if key(r.prompt if stage == "ctx" else None, r.response) not in store[stage]]
     if missing:
         raise SystemExit(f"{len(missing)} rows have no {stage} features: run `extract {stage}` again")
