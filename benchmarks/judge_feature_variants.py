@@ -163,20 +163,23 @@ def matrix(variant: str, rows, store: dict, prompt_tokens: int) -> np.ndarray:
         store[stage] = load(stage, prompt_tokens)
     layers, *extra = spec.split("+")
     width = 576
-    cols = [slice(width * LAYERS.index(int(k)), width * (LAYERS.index(int(k)) + 1)) for k in layers.split(",") if k]
-    if "P" in extra:
-        cols.append(slice(width * len(LAYERS), width * (len(LAYERS) + 1)))
-    # blocks after the means (and P): the per-layer maxima (M), then the means without the first token (S)
-    after = {"M": len(LAYERS) + (stage == "ctx"), "S": 2 * len(LAYERS) + (stage == "ctx")}
-    for part in extra:
-        if part[:1] in after:  # e.g. M18, M14,18 or S18
-            cols += [slice(width * (after[part[0]] + LAYERS.index(int(k))),
-                           width * (after[part[0]] + LAYERS.index(int(k)) + 1)) for k in part[1:].split(",")]
+
+    def block(i: int) -> slice:
+        return slice(width * i, width * (i + 1))
+
     expected = width * (3 * len(LAYERS) + (stage == "ctx"))
     found = len(next(iter(store[stage].values())))
     if found != expected:  # chunks written before the maxima and sink-free means were kept
         raise SystemExit(f"{stage} features have {found} columns, not {expected}: delete "
                          f"{folder(stage, prompt_tokens)} and run `extract {stage}` again")
+    cols = [block(LAYERS.index(int(k))) for k in layers.split(",") if k]
+    if "P" in extra:
+        cols.append(block(len(LAYERS)))
+    # blocks after the means (and P): the per-layer maxima (M), then the means without the first token (S)
+    after = {"M": len(LAYERS) + (stage == "ctx"), "S": 2 * len(LAYERS) + (stage == "ctx")}
+    for part in extra:
+        if part[:1] in after:  # e.g. M18, M14,18 or S18
+            cols += [block(after[part[0]] + LAYERS.index(int(k))) for k in part[1:].split(",")]
     missing = [r for r in rows if key(r.prompt if stage == "ctx" else None, r.response) not in store[stage]]
     if missing:
         raise SystemExit(f"{len(missing)} rows have no {stage} features: run `extract {stage}` again")
