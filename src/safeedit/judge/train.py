@@ -824,6 +824,25 @@ so every row's feature is computed once (all ~19,600 distinct texts of this bloc
   and resp:18 0.840 / 0.760 (validation / held-out): it moves the error from one set to the other. The
   default stays response-only; `fit-head --set prompt_tokens=64` builds the prompt-reading judge for whoever
   scores other models' responses, and needs the prompt whenever it scores.
+- *Other poolings of layer 18* (measured on 2026-12-08: `python benchmarks/judge_feature_variants.py
+  extract resp`, which now also keeps per-layer maxima and means without the sequence's first token,
+  2,766 s for all 19,982 texts on that day's slower machine; then `fit resp:18 resp:+S18 resp:18+M18
+  resp:+S18+M18`, the default's rows and MLP head). The first token's layer-18 state is an attention
+  sink, a norm of ~23,000 against ~190 for every other token, and the default's mean includes it;
+  `+S18` is the mean without it, `M18` the maximum over the response (that first token left out):
+
+  | features | validation bal. (recall unsafe / safe) | val. TN / FP / FN / TP | val. AUC | held-out bal. (recall unsafe / safe) | held-out AUC | fit s |
+  |---|---|---|---|---|---|---|
+  | resp:18 (the default's, re-extracted) | 0.830 (0.745 / 0.916) | 629 / 58 / 24 / 70 | 0.920 | 0.828 (0.960 / 0.697) | 0.932 | 81 |
+  | resp:+S18 (mean without the sink token) | 0.817 (0.713 / 0.921) | 633 / 54 / 27 / 67 | 0.920 | 0.846 (0.952 / 0.741) | 0.936 | 72 |
+  | resp:18+M18 (mean and maximum) | 0.802 (0.670 / 0.934) | 642 / 45 / 31 / 63 | 0.906 | 0.838 (0.939 / 0.737) | 0.925 | 119 |
+  | resp:+S18+M18 | 0.792 (0.649 / 0.936) | 643 / 44 / 33 / 61 | 0.908 | 0.830 (0.912 / 0.748) | 0.927 | 127 |
+
+  The re-extracted default feature reproduces the shipped head's scores within a row (0.830 against
+  0.828 on validation). Leaving the sink token out ranks the same on our set (AUC 0.920) and a little
+  better on the pool (0.936), and at the argmax trades like reading the request does: 0.02 more on
+  other models' responses, 0.013 less on the embedded model's. Adding the maximum loses on both. None
+  reaches 0.90 or beats the default on the responses the bench scores, so the default stays as it is.
 - *Against the fine-tuned default*, retrained on the files before the ordinary-request rows (1,918
   labelled training rows, 781 validation rows; 295 s of training): validation 0.826, held-out all rows
   0.761, validation ROC AUC 0.912. The pooled default is level with it on our validation set (0.818) and
